@@ -1,0 +1,35 @@
+# Set-up and everyday commands. `make train` and `make test` are all a newcomer needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Re-install only when the packaging files change.
+STAMP := $(VENV)/.installed
+
+.PHONY: install train test lint bench tensorboard clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	touch $@
+
+train: install
+	$(BIN)/binclf fit -c configs/default.yaml
+	$(BIN)/binclf test -c configs/default.yaml
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest
+
+bench: install
+	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+tensorboard: install
+	$(BIN)/tensorboard --logdir lightning_logs
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
