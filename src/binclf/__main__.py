@@ -1,0 +1,3 @@
+from binclf.cli import cli_main
+
+cli_main()

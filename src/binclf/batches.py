@@ -1,0 +1,120 @@
+"""In-memory batching: epoch-seeded shuffling and DDP sharding without a DataLoader.
+
+Any data module whose data fits in memory can use these two classes. Why not a ``DataLoader``:
+- per-sample ``__getitem__`` plus collate costs more per step than this model's forward and backward;
+- Lightning leaves a plain iterable alone under DDP, where it silently breaks several sampler shapes,
+  so the sharding here is explicit and tested.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+# Keeps shuffle streams apart from the streams a data module spawns from the same seed for its draws.
+_SHUFFLE_STREAM = 1_000
+
+
+class EpochBatchSampler:
+    """Yields one rank's batches of indices; the order is a pure function of ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before each epoch (it looks for ``loader.sampler.set_epoch``), so a run
+    resumed from a checkpoint draws the same order as an uninterrupted one: no RNG state to restore.
+
+    Training (``shuffle=True``): every rank draws the same permutation, pads it with its own head to a
+    multiple of ``world_size`` (as ``DistributedSampler`` does), and keeps every ``world_size``-th index.
+    Ranks are disjoint and cover every sample once per epoch; at most ``world_size - 1`` repeat.
+
+    Evaluation (``shuffle=False``): no padding, since repeats would bias metrics; each rank's share is
+    split into the same number of batches, so no rank waits on a collective that another never joins.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if num_samples < world_size:
+            raise ValueError(f"{num_samples} samples cannot be shared among {world_size} processes")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def shard_size(self) -> int:
+        """The most samples any one rank sees in an epoch."""
+        return math.ceil(self.num_samples / self.world_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.shard_size / self.batch_size)
+
+    def shard(self) -> Tensor | None:
+        """This rank's indices for the current epoch, or ``None`` for all samples in their stored order."""
+        if not self.shuffle:
+            if self.world_size == 1:
+                return None
+            return torch.arange(self.rank, self.num_samples, self.world_size)
+        rng = np.random.default_rng(
+            np.random.SeedSequence(self.seed, spawn_key=(_SHUFFLE_STREAM, self.epoch))
+        )
+        order = torch.from_numpy(rng.permutation(self.num_samples))
+        padding = self.shard_size * self.world_size - self.num_samples
+        if padding:
+            order = torch.cat([order, order[:padding]])
+        return order[self.rank :: self.world_size]
+
+    def batch_bounds(self, shard_length: int) -> list[tuple[int, int]]:
+        """``(start, stop)`` of each batch in a shard: full batches when training, even splits otherwise."""
+        if self.shuffle:
+            return [
+                (s, min(s + self.batch_size, shard_length)) for s in range(0, shard_length, self.batch_size)
+            ]
+        n = len(self)
+        edges = [shard_length * i // n for i in range(n + 1)]
+        return list(itertools.pairwise(edges))
+
+
+class InMemoryBatches:
+    """An iterable of batches, each a tuple of views into the given tensors (``(features, targets)``, or
+    ``(features,)`` when there are no labels to predict).
+
+    Each epoch gathers this rank's shard once, then yields slices of it: no per-step copies.
+    """
+
+    # Lightning reads these two DataLoader attributes: it calls ``sampler.set_epoch`` before every epoch,
+    # and it expects ``batch_sampler`` to exist wherever ``sampler`` does.
+    batch_sampler = None
+
+    def __init__(self, *tensors: Tensor, sampler: EpochBatchSampler) -> None:
+        if any(len(t) != sampler.num_samples for t in tensors):
+            raise ValueError("the tensors and the sampler disagree on the number of samples")
+        self.tensors = tensors
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    # A generator on purpose: the order is drawn at the first ``next()``, after Lightning's ``set_epoch``.
+    # On resume Lightning calls ``iter()`` before ``set_epoch``, so an eager ``__iter__`` would reuse epoch 0.
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        shard = self.sampler.shard()
+        tensors = self.tensors if shard is None else tuple(t[shard] for t in self.tensors)
+        for start, stop in self.sampler.batch_bounds(len(tensors[0])):
+            yield tuple(t[start:stop] for t in tensors)

@@ -1,0 +1,139 @@
+"""The ``binclf`` command: LightningCLI with the project's defaults and its checkpoint lookup."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from binclf import console
+from binclf.callbacks import DataHistogram, PredictionWriter, run_dir
+from binclf.checkpoints import resolve_checkpoint
+from binclf.data import TwoGaussianDataModule
+from binclf.module import BinaryClassifier
+
+_EVALUATING = ("validate", "test", "predict")
+
+
+def _log_root(trainer: Namespace) -> Path | None:
+    """Where the configured logger keeps its ``version_N`` runs, read from the config before it is built."""
+    logger = trainer.get("logger")
+    default_root = Path(trainer.get("default_root_dir") or ".")
+    if logger is None or logger is True:  # Lightning's default: a TensorBoardLogger in default_root_dir
+        return default_root / "lightning_logs"
+    if isinstance(logger, list):
+        logger = logger[0] if logger else None
+    init_args = logger.get("init_args") if isinstance(logger, (dict, Namespace)) else None
+    if not init_args or not init_args.get("save_dir"):
+        return None
+    return Path(init_args["save_dir"]) / (init_args.get("name") or "lightning_logs")
+
+
+class BinclfCLI(LightningCLI):
+    """LightningCLI whose ``test``, ``validate`` and ``predict`` find the latest run's best checkpoint."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--torch_threads",
+            type=int,
+            default=1,
+            help="torch intra-op threads. A model this small is fastest on one: more threads only add "
+            "synchronisation, and slow down badly when another process is busy on a core. "
+            "0 keeps torch's choice.",
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "epoch={epoch}-step={step}-val_loss={val/loss:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(DataHistogram, "data_histogram")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.set_defaults({"model.network": {"class_path": "binclf.networks.MLP"}})
+        parser.link_arguments("data.input_dim", "model.network.init_args.input_dim", apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand in _EVALUATING:
+            # Resolved before LightningCLI reads the checkpoint's hyperparameters, so that the model is
+            # rebuilt as it was trained, whatever the config says.
+            config = self.config[subcommand]
+            self.config[subcommand].ckpt_path = str(self._find_checkpoint(config))
+
+    def _find_checkpoint(self, config: Namespace) -> Path:
+        request = config.get("ckpt_path")
+        dirpath = config.checkpoint.get("dirpath")
+        root = Path(dirpath) if dirpath else _log_root(config.trainer)
+        if root is None and request in (None, "best", "last"):
+            sys.exit(
+                "binclf: error: cannot find checkpoints without a logger or --checkpoint.dirpath; "
+                "pass --ckpt_path FILE"
+            )
+        try:
+            return resolve_checkpoint(request, root, in_run_dirs=not dirpath)
+        except FileNotFoundError as error:
+            sys.exit(f"binclf: error: {error}")
+
+    def before_instantiate_classes(self) -> None:
+        threads = self._get(self.config, "torch_threads")
+        if threads < 0:
+            sys.exit(f"binclf: error: --torch_threads must be 0 or more, got {threads}")
+        if threads:
+            torch.set_num_threads(threads)
+
+    def _ckpt_path(self) -> str:
+        return self.config[self.subcommand].ckpt_path
+
+    def before_validate(self) -> None:
+        print(f"Validating checkpoint {self._ckpt_path()}")
+
+    def before_test(self) -> None:
+        print(f"Testing checkpoint {self._ckpt_path()}")
+
+    def before_predict(self) -> None:
+        print(f"Predicting with checkpoint {self._ckpt_path()}")
+
+    def after_fit(self) -> None:
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and callback.best_model_path:
+            score = callback.best_model_score
+            print(f"Best checkpoint: {callback.best_model_path} ({callback.monitor}={float(score):.5g})")
+        print(f"Run directory: {run_dir(self.trainer)}")
+
+    def after_validate(self) -> None:
+        print(f"Run directory: {run_dir(self.trainer)}")
+
+    after_test = after_validate
+
+    def after_predict(self) -> None:
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, PredictionWriter) and callback.path is not None:
+                print(f"Predictions: {callback.path}")
+        print(f"Run directory: {run_dir(self.trainer)}")
+
+
+def run_cli(args: list[str] | None = None) -> BinclfCLI:
+    """Run one ``binclf`` command and return the CLI, whose ``trainer`` holds the results (for tests)."""
+    console.quiet_inapplicable_messages()
+    return BinclfCLI(
+        BinaryClassifier,
+        TwoGaussianDataModule,
+        seed_everything_default=0,
+        auto_configure_optimizers=False,
+        args=args,
+    )
+
+
+def cli_main(args: list[str] | None = None) -> None:
+    """Entry point of ``binclf`` and ``python -m binclf``; ``args`` replaces ``sys.argv[1:]``."""
+    run_cli(args)

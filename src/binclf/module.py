@@ -1,0 +1,108 @@
+"""The LightningModule: a network that outputs one logit, trained with BCEWithLogitsLoss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+
+
+class BinaryClassifier(LightningModule):
+    """Trains any ``network`` that maps features ``[n, d]`` to logits ``[n, 1]``.
+
+    ``forward`` returns logits; ``predict_step`` returns p(b | x) = sigmoid(logit), with the logits beside it.
+    The optimizer and the optional LR scheduler are injected, so the CLI can swap them
+    (``--model.optimizer Adam --model.optimizer.lr 1e-3``). The default is the article's plain SGD, lr 0.01.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        optimizer: OptimizerCallable = lambda params: torch.optim.SGD(params, lr=0.01),
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        # LightningCLI hands over the parsed config of these arguments (class_path and init_args): plain data
+        # that lets a checkpoint rebuild them. Objects passed from Python are left out: the state_dict holds
+        # the weights, and a pickled module or function would make the checkpoint unloadable with
+        # ``weights_only=True``. (Lightning exposes whether the CLI is building the module only privately.)
+        from_cli = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=None if from_cli else ["network", "optimizer", "lr_scheduler"])
+        self.network = network
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.criterion = nn.BCEWithLogitsLoss()
+
+        # One metric object per stage, so that no stage's state leaks into another's.
+        self.val_loss = MeanMetric()
+        self.val_acc = BinaryAccuracy()
+        self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # saved in checkpoints, so a resumed run keeps its best
+        self.test_loss = MeanMetric()
+        self.test_acc = BinaryAccuracy()
+        self.test_auroc = BinaryAUROC()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``[n, 1]``: the inference path."""
+        return self.network(x)
+
+    def model_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Loss, logits and targets of one labelled batch; shared by every stage."""
+        features, targets = batch
+        logits = self(features)
+        return self.criterion(logits, targets), logits, targets
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, _, _ = self.model_step(batch)
+        # ``self.log`` costs about as much as this model's whole step, so call it only on the steps that the
+        # logger records (Lightning's own rule: every ``log_every_n_steps`` optimizer steps).
+        every = self.trainer.log_every_n_steps
+        if every and (self.global_step + 1) % every == 0:
+            self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, logits, targets = self.model_step(batch)
+        self.val_loss.update(loss, weight=len(targets))
+        self.val_acc.update(torch.sigmoid(logits), targets)
+
+    def on_validation_epoch_end(self) -> None:
+        # Metric objects sync across DDP ranks by themselves, and Lightning resets them after logging.
+        self.log("val/loss", self.val_loss, prog_bar=True)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+        if self.trainer.sanity_checking:  # a couple of batches of an untrained model is no "best"
+            return
+        self.val_acc_best.update(self.val_acc.compute())
+        best = self.val_acc_best.compute()
+        self.log("val/acc_best", best)
+        self.log("hp_metric", best)  # TensorBoard's HPARAMS tab ranks runs by this key
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, logits, targets = self.model_step(batch)
+        probabilities = torch.sigmoid(logits)
+        self.test_loss.update(loss, weight=len(targets))
+        self.test_acc.update(probabilities, targets)
+        self.test_auroc.update(probabilities, targets)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict({"test/loss": self.test_loss, "test/acc": self.test_acc, "test/auroc": self.test_auroc})
+
+    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
+        logits = self(batch[0])
+        return {"probability": torch.sigmoid(logits), "logit": logits}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        # ``monitor`` matters only to schedulers that react to a metric, such as ReduceLROnPlateau.
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "monitor": "val/loss"},
+        }
