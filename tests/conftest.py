@@ -1,0 +1,38 @@
+"""Shared fixtures: every end-to-end test runs the real CLI on a shrunken copy of the default config."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from binclf.cli import BinclfCLI, run_cli
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+
+# The article's config, shrunk so that a fit takes a couple of seconds.
+SMALL = [
+    "--trainer.max_epochs=3",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.log_every_n_steps=5",
+    "--data.num_samples=1000",
+    "--data.num_val_samples=500",
+    "--data.num_test_samples=1000",
+    "--data.num_predict_points=101",
+    "--data.batch_size=64",
+    "--model.optimizer.lr=0.1",
+]
+
+
+@pytest.fixture
+def binclf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run ``binclf <subcommand> -c configs/default.yaml <SMALL> <extra>`` in-process, inside ``tmp_path``."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["binclf"])  # LightningCLI warns when it gets both argv and args
+
+    def run(subcommand: str, *extra: str, small: bool = True) -> BinclfCLI:
+        return run_cli([subcommand, "-c", str(DEFAULT_CONFIG), *(SMALL if small else []), *extra])
+
+    return run

@@ -1,0 +1,148 @@
+import pytest
+import torch
+
+from binclf.batches import EpochBatchSampler, InMemoryBatches
+from binclf.data import TwoGaussianDataModule
+
+
+def make(stage: str = "fit", **kwargs) -> TwoGaussianDataModule:
+    settings = {"num_samples": 500, "num_val_samples": 300, "num_test_samples": 400, "batch_size": 64}
+    datamodule = TwoGaussianDataModule(**{**settings, **kwargs})
+    datamodule.setup(stage)
+    return datamodule
+
+
+def test_shapes_dtypes_and_balanced_labels():
+    datamodule = make()
+    features, targets = datamodule.train_set
+    assert features.shape == (1000, 1)
+    assert targets.shape == (1000, 1)
+    assert features.dtype == targets.dtype == torch.float32
+    assert set(targets.unique().tolist()) == {0.0, 1.0}
+    assert targets.sum().item() == 500
+    assert datamodule.val_set.features.shape == (600, 1)
+
+
+def test_each_class_has_the_configured_mean_and_scale():
+    datamodule = make(num_samples=50_000, mean_a=-1.0, mean_b=3.0, scale=0.5)
+    features, targets = datamodule.train_set
+    for label, mean in [(0.0, -1.0), (1.0, 3.0)]:
+        group = features[targets == label]
+        assert group.mean().item() == pytest.approx(mean, abs=0.02)
+        assert group.std().item() == pytest.approx(0.5, rel=0.02)
+
+
+def test_splits_are_distinct_draws():
+    datamodule = make()
+    datamodule.setup("test")
+    train, val, test = (
+        set(s.features.flatten().tolist())
+        for s in (datamodule.train_set, datamodule.val_set, datamodule.test_set)
+    )
+    assert not train & val
+    assert not train & test
+    assert not val & test
+
+
+def test_same_seed_same_data_and_other_seed_other_data():
+    first, second, other = make(seed=3), make(seed=3), make(seed=4)
+    assert torch.equal(first.train_set.features, second.train_set.features)
+    assert not torch.equal(first.train_set.features, other.train_set.features)
+
+
+def test_test_set_does_not_depend_on_training_size():
+    small, large = make("test", num_samples=10), make("test", num_samples=5000)
+    assert torch.equal(small.test_set.features, large.test_set.features)
+
+
+def epoch_batches(loader: InMemoryBatches, epoch: int) -> list[torch.Tensor]:
+    loader.sampler.set_epoch(epoch)
+    return [features for features, _ in loader]
+
+
+def test_shuffle_differs_between_epochs_and_repeats_for_the_same_epoch():
+    loader = make().train_dataloader()
+    epoch0, epoch1, epoch0_again = (torch.cat(epoch_batches(loader, e)) for e in (0, 1, 0))
+    assert not torch.equal(epoch0, epoch1)
+    assert torch.equal(epoch0, epoch0_again)
+    # Both epochs are permutations of the same samples.
+    assert torch.equal(epoch0.sort(dim=0).values, epoch1.sort(dim=0).values)
+
+
+def test_shuffle_mixes_the_classes_within_batches():
+    loader = make().train_dataloader()
+    loader.sampler.set_epoch(0)
+    _, targets = next(iter(loader))
+    assert 0 < targets.mean().item() < 1
+
+
+def test_training_batches_have_the_configured_size():
+    loader = make().train_dataloader()
+    sizes = [len(features) for features, _ in loader]
+    assert sizes == [64] * 15 + [1000 - 15 * 64]
+    assert len(loader) == len(sizes)
+
+
+def test_evaluation_keeps_stored_order():
+    datamodule = make()
+    features = torch.cat([features for features, _ in datamodule.val_dataloader()])
+    assert torch.equal(features, datamodule.val_set.features)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_training_shards_are_disjoint_and_cover_every_sample(world_size):
+    num_samples = 1000
+    shards = []
+    for rank in range(world_size):
+        sampler = EpochBatchSampler(num_samples, 64, shuffle=True, seed=7, rank=rank, world_size=world_size)
+        sampler.set_epoch(2)
+        shards.append(sampler.shard())
+    # Every rank takes as many steps, or DDP would hang waiting for the shorter one.
+    assert len({len(shard) for shard in shards}) == 1
+    everything = torch.cat(shards)
+    assert set(everything.tolist()) == set(range(num_samples))
+    assert len(everything) - num_samples == (-num_samples) % world_size  # only the padding repeats
+
+
+@pytest.mark.parametrize(("num_samples", "world_size"), [(513, 2), (1000, 3), (257, 2)])
+def test_evaluation_shards_split_exactly_into_equal_batch_counts(num_samples, world_size):
+    indices, batch_counts = [], set()
+    for rank in range(world_size):
+        loader = InMemoryBatches(
+            torch.arange(num_samples),
+            sampler=EpochBatchSampler(num_samples, 256, shuffle=False, rank=rank, world_size=world_size),
+        )
+        batches = [batch for (batch,) in loader]
+        assert all(len(batch) > 0 for batch in batches)
+        batch_counts.add(len(batches))
+        indices += torch.cat(batches).tolist()
+    assert len(batch_counts) == 1
+    assert sorted(indices) == list(range(num_samples))  # each sample exactly once: no bias in metrics
+
+
+def test_predict_set_is_a_grid_across_both_classes():
+    datamodule = make("predict", num_predict_points=11)
+    features, index = next(iter(datamodule.predict_dataloader()))
+    assert torch.allclose(features.flatten(), torch.linspace(0.0, 3.0, 11))
+    assert index.tolist() == list(range(11))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("num_samples", 0),
+        ("num_val_samples", -5),
+        ("num_test_samples", 0),
+        ("num_predict_points", 0),
+        ("batch_size", 0),
+        ("scale", 0.0),
+        ("scale", -0.2),
+        ("scale", float("inf")),
+        ("mean_a", float("nan")),
+        ("mean_b", float("inf")),
+        ("seed", -1),
+    ],
+)
+def test_invalid_parameters_name_themselves(name, value):
+    with pytest.raises(ValueError, match=name):
+        TwoGaussianDataModule(**{name: value})
