@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -146,3 +147,33 @@ def test_predict_set_is_a_grid_across_both_classes():
 def test_invalid_parameters_name_themselves(name, value):
     with pytest.raises(ValueError, match=name):
         TwoGaussianDataModule(**{name: value})
+
+
+def test_vector_means_and_scale_pair_in_3d():
+    datamodule = make(dim=3, mean_a=[0.0, 1.0, 2.0], mean_b=5.0, scale=[0.5, 1.5])
+    assert datamodule.input_dim == 3
+    assert datamodule.train_set.features.shape == (1000, 3)
+    assert datamodule.bayes_accuracy_analytic is None
+    np.testing.assert_array_equal(datamodule.gaussians.mean_b, [5.0, 5.0, 5.0])
+
+
+def test_the_oracle_is_the_article_closed_form_on_the_default_settings():
+    datamodule = TwoGaussianDataModule()
+    x = torch.tensor([[1.0], [1.5], [2.0]])
+    assert torch.allclose(datamodule.log_likelihood_ratio(x), torch.tensor([[-12.5], [0.0], [12.5]]))
+    assert datamodule.bayes_accuracy_analytic == pytest.approx(0.99379, abs=5e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dim": 2, "mean_a": [1.0, 2.0, 3.0]}, "mean_a must be one number or a list of dim=2"),
+        ({"mean_b": [float("nan")]}, "mean_b must be finite"),
+        ({"scale": [0.1, 0.2, 0.3]}, "scale must be one number or a pair"),
+        ({"scale": [0.1, -0.2]}, "scale must be positive"),
+        ({"dim": 0}, "dim must be at least 1"),
+    ],
+)
+def test_invalid_gaussian_settings_name_themselves(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TwoGaussianDataModule(**kwargs)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -11,6 +11,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
 from binclf.batches import EpochBatchSampler, InMemoryBatches
+from binclf.gaussians import LabelledData, TwoGaussians
 
 # Each split draws from its own child of the data seed, so changing one split's size leaves the others as
 # they were: the test set is the same points whatever the training size.
@@ -20,50 +21,55 @@ _TRAIN, _VAL, _TEST = 0, 1, 2
 _SPAN_IN_SCALES = 5.0
 
 
-class LabelledData(NamedTuple):
-    """Features ``[n, dim]`` and float targets ``[n, 1]`` (0 for class a, 1 for class b)."""
-
-    features: Tensor
-    targets: Tensor
-
-
-def sample_two_gaussians(
-    num_per_class: int, mean_a: float, mean_b: float, scale: float, rng: np.random.Generator
-) -> LabelledData:
-    """Draw ``num_per_class`` points from N(mean_a, scale) (label 0), then as many from N(mean_b, scale)."""
-    features = np.empty((2 * num_per_class, 1), dtype=np.float32)
-    # In place, so that a 10^7-sample draw costs its own bytes and no temporaries.
-    rng.standard_normal(out=features, dtype=np.float32)
-    features *= scale
-    features[:num_per_class] += mean_a
-    features[num_per_class:] += mean_b
-    targets = torch.zeros(2 * num_per_class, 1)
-    targets[num_per_class:] = 1.0
-    return LabelledData(torch.from_numpy(features), targets)
-
-
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
 
 
+def _vector(name: str, value: float | Sequence[float], dim: int) -> np.ndarray:
+    """A mean given as a scalar (broadcast to every dimension) or as ``dim`` values."""
+    vector = (
+        np.full(dim, value, dtype=np.float64) if np.isscalar(value) else np.asarray(value, dtype=np.float64)
+    )
+    _require(vector.shape == (dim,), f"{name} must be one number or a list of dim={dim} numbers, got {value}")
+    _require(bool(np.isfinite(vector).all()), f"{name} must be finite, got {value}")
+    return vector
+
+
+def _scales(value: float | Sequence[float]) -> tuple[float, float]:
+    """One scale shared by both classes, or ``[scale_a, scale_b]``."""
+    scales = [value, value] if np.isscalar(value) else list(value)
+    _require(len(scales) == 2, f"scale must be one number or a pair [scale_a, scale_b], got {value}")
+    _require(
+        all(math.isfinite(s) and s > 0 for s in scales), f"scale must be positive and finite, got {value}"
+    )
+    return float(scales[0]), float(scales[1])
+
+
 class TwoGaussianDataModule(LightningDataModule):
-    """Two 1-D Gaussians with a shared scale: class a (label 0) around ``mean_a``, class b (label 1) around
-    ``mean_b``. Sample counts are per class.
+    """Two Gaussian classes with equal priors: a (label 0) around ``mean_a``, b (label 1) around ``mean_b``.
+
+    In ``dim`` dimensions each class is isotropic; a mean is one number (broadcast) or ``dim`` numbers, and
+    ``scale`` is one standard deviation shared by both classes or a pair ``[scale_a, scale_b]``. Sample
+    counts are per class.
 
     ``seed`` fixes the data and each epoch's shuffle, whatever the model seed (``seed_everything``), so runs
     that differ only in their model seed see identical batches. Train, validation and test sets are
-    independent draws. The predict set is an even grid of ``num_predict_points`` across both classes (the
-    span of the article's histogram), which traces the learned decision function; its batches are
-    ``(features, index)``.
+    independent draws. The predict set is an even grid of ``num_predict_points`` along the line through both
+    means (in 1-D: x itself, over the span of the article's histogram), which traces the learned decision
+    function; its batches are ``(features, index)``.
+
+    Because the densities are known, the data module is also an oracle: :meth:`log_likelihood_ratio` gives
+    the Bayes rule on any points.
     """
 
     def __init__(
         self,
         num_samples: int = 10_000,
-        mean_a: float = 1.0,
-        mean_b: float = 2.0,
-        scale: float = 0.2,
+        dim: int = 1,
+        mean_a: float | list[float] = 1.0,
+        mean_b: float | list[float] = 2.0,
+        scale: float | list[float] = 0.2,
         batch_size: int = 256,
         num_val_samples: int = 10_000,
         num_test_samples: int = 10_000,
@@ -73,21 +79,19 @@ class TwoGaussianDataModule(LightningDataModule):
         super().__init__()
         for name, value in [
             ("num_samples", num_samples),
+            ("dim", dim),
             ("num_val_samples", num_val_samples),
             ("num_test_samples", num_test_samples),
             ("num_predict_points", num_predict_points),
             ("batch_size", batch_size),
         ]:
             _require(value >= 1, f"{name} must be at least 1, got {value}")
-        for name, value in [("mean_a", mean_a), ("mean_b", mean_b)]:
-            _require(math.isfinite(value), f"{name} must be finite, got {value}")
-        _require(math.isfinite(scale) and scale > 0, f"scale must be positive and finite, got {scale}")
         _require(seed >= 0, f"seed must be non-negative, got {seed}")
+        self.gaussians = TwoGaussians(
+            _vector("mean_a", mean_a, dim), _vector("mean_b", mean_b, dim), *_scales(scale)
+        )
         self.save_hyperparameters()
         self.num_samples = num_samples
-        self.mean_a = mean_a
-        self.mean_b = mean_b
-        self.scale = scale
         self.batch_size = batch_size
         self.num_val_samples = num_val_samples
         self.num_test_samples = num_test_samples
@@ -101,17 +105,45 @@ class TwoGaussianDataModule(LightningDataModule):
     @property
     def input_dim(self) -> int:
         """Number of features per sample; the CLI links it to the network's ``input_dim``."""
-        return 1
+        return self.gaussians.dim
 
     @property
     def feature_range(self) -> tuple[float, float]:
-        """Where nearly all the data lies: five scales beyond the outer means (the article's histogram)."""
-        low, high = sorted((self.mean_a, self.mean_b))
-        return low - _SPAN_IN_SCALES * self.scale, high + _SPAN_IN_SCALES * self.scale
+        """Where nearly all the data lies along :meth:`project`: five scales beyond the outer means."""
+        return self.gaussians.span(_SPAN_IN_SCALES)
+
+    @property
+    def projection_label(self) -> str:
+        """What :meth:`project` measures, for plot axes."""
+        return "x" if self.input_dim == 1 else "x projected onto (μb − μa) / ‖μb − μa‖"
+
+    @property
+    def description(self) -> str:
+        """The data settings in a few words, for figure titles."""
+        return f"{self.gaussians.describe()}, {self.num_samples:,} training samples per class"
+
+    def project(self, features: Tensor) -> Tensor:
+        """One plotting coordinate per point, ``[n]``: x in 1-D, else the position along μb − μa."""
+        return self.gaussians.project(features)
+
+    def grid(self, num_points: int) -> tuple[Tensor, Tensor]:
+        """``num_points`` even steps of the :meth:`project` coordinate across :attr:`feature_range`, and the
+        points ``[num_points, dim]`` on the line through both means where the coordinate takes them."""
+        coordinate = torch.linspace(*self.feature_range, num_points)
+        return coordinate, self.gaussians.line(coordinate)
+
+    def log_likelihood_ratio(self, features: Tensor) -> Tensor:
+        """The oracle: log p(x | b) − log p(x | a) from the true densities, ``[n, 1]``."""
+        return self.gaussians.log_likelihood_ratio(features)
+
+    @property
+    def bayes_accuracy_analytic(self) -> float | None:
+        """The Bayes rule's expected accuracy, where a closed form exists (equal scales); else ``None``."""
+        return self.gaussians.bayes_accuracy
 
     def _draw(self, split: int, num_per_class: int) -> LabelledData:
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(split,)))
-        return sample_two_gaussians(num_per_class, self.mean_a, self.mean_b, self.scale, rng)
+        return self.gaussians.sample(num_per_class, rng)
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.train_set is None:
@@ -121,8 +153,7 @@ class TwoGaussianDataModule(LightningDataModule):
         if stage == "test" and self.test_set is None:
             self.test_set = self._draw(_TEST, self.num_test_samples)
         if stage == "predict" and self.predict_features is None:
-            grid = torch.linspace(*self.feature_range, self.num_predict_points)
-            self.predict_features = grid.unsqueeze(1)
+            _, self.predict_features = self.grid(self.num_predict_points)
 
     def _batches(self, *tensors: Tensor, shuffle: bool) -> InMemoryBatches:
         trainer = self.trainer
