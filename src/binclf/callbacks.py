@@ -7,10 +7,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from matplotlib.figure import Figure
+from torch import Tensor
+from torchmetrics.functional.classification import binary_auroc, binary_roc
 
-from binclf.plotting import data_histogram
+from binclf.gaussians import LabelledData
+from binclf.plotting import data_histogram, logit_curve, posterior_curve, reliability_diagram, roc_curve
 
 
 def run_dir(trainer: Trainer) -> Path:
@@ -25,46 +30,142 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
-class DataHistogram(Callback):
-    """Logs the article's Figure 1, the training data of both classes on shared bins, when fitting starts.
+def _logits(pl_module: LightningModule, features: Tensor, chunk: int = 65_536) -> Tensor:
+    """The model's logits for every row of ``features``, in eval mode, without tracking gradients."""
+    was_training = pl_module.training
+    pl_module.eval()
+    with torch.inference_mode():
+        logits = torch.cat([pl_module(part.to(pl_module.device)).cpu() for part in features.split(chunk)])
+    pl_module.train(was_training)
+    return logits.float()
 
-    It goes to TensorBoard (``data/histogram``) and to ``data_histogram.png`` in the run directory.
-    Data modules that know where their data lies expose ``feature_range``; otherwise the data's own range
-    is used. Only the first feature is drawn.
+
+def _sign_changes(coordinate: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Where ``values`` crosses zero along ``coordinate``, by linear interpolation."""
+    i = np.flatnonzero(np.sign(values[:-1]) != np.sign(values[1:]))
+    return coordinate[i] - values[i] * (coordinate[i + 1] - coordinate[i]) / (values[i + 1] - values[i])
+
+
+class DiagnosticFigures(Callback):
+    """Five figures at the end of ``fit`` and of ``test``, as TensorBoard images (``figures/<name>``) and as
+    ``<name>.png`` in the run directory:
+
+    - ``data_histogram``: the article's Figure 1 (training data after fit, test data after test), with the
+      Bayes boundary;
+    - ``posterior``: the learned p(b | x) against the true posterior;
+    - ``logit_vs_llr``: the learned logit against the true log-likelihood ratio;
+    - ``roc`` and ``reliability``: on the validation set after fit, on the test set after test.
+
+    A data module with an oracle (``log_likelihood_ratio``, ``grid``) gets all five; one without (real
+    data) gets the histogram, ROC and reliability diagram. Multi-dimensional data is drawn along the data
+    module's ``project`` coordinate, named on the axis.
     """
 
-    def __init__(self, bins: int = 100) -> None:
-        if bins < 1:
-            raise ValueError(f"bins must be at least 1, got {bins}")
+    def __init__(self, bins: int = 100, calibration_bins: int = 15, grid_points: int = 501) -> None:
+        for name, value in [
+            ("bins", bins),
+            ("calibration_bins", calibration_bins),
+            ("grid_points", grid_points),
+        ]:
+            if value < 2:
+                raise ValueError(f"{name} must be at least 2, got {value}")
         self.bins = bins
+        self.calibration_bins = calibration_bins
+        self.grid_points = grid_points
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         datamodule = trainer.datamodule
-        train_set = getattr(datamodule, "train_set", None)
-        if not trainer.is_global_zero or train_set is None:
+        train_set, val_set = getattr(datamodule, "train_set", None), getattr(datamodule, "val_set", None)
+        self._draw(trainer, pl_module, "training data", train_set, "validation set", val_set)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        test_set = getattr(trainer.datamodule, "test_set", None)
+        self._draw(trainer, pl_module, "test data", test_set, "test set", test_set)
+
+    def _draw(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        data_name: str,
+        data: LabelledData | None,
+        eval_name: str,
+        evaluation: LabelledData | None,
+    ) -> None:
+        """Histogram ``data``; draw ROC and reliability on ``evaluation``; the names go in the titles."""
+        datamodule = trainer.datamodule
+        if not trainer.is_global_zero or datamodule is None:
             return
-        features = train_set.features[:, 0].cpu().numpy()
-        labels = train_set.targets[:, 0].cpu().numpy()
-        value_range = getattr(datamodule, "feature_range", None) or (
-            float(features.min()),
-            float(features.max()),
-        )
-        figure = data_histogram(
-            features[labels == 0],
-            features[labels == 1],
-            value_range,
-            bins=self.bins,
-            title=f"Training data: {len(features):,} samples",
-        )
+        oracle = getattr(datamodule, "log_likelihood_ratio", None)
+        grid = getattr(datamodule, "grid", None)
+        project = getattr(datamodule, "project", lambda features: features[:, 0])
+        xlabel = getattr(datamodule, "projection_label", "first feature")
+        settings = getattr(datamodule, "description", "")
+        figures: dict[str, Figure] = {}
+
+        boundaries = None
+        if oracle is not None and grid is not None:
+            coordinate, points = grid(self.grid_points)
+            coordinate = coordinate.numpy()
+            llr = oracle(points)[:, 0].numpy()
+            logit = _logits(pl_module, points)[:, 0].numpy()
+            boundaries = _sign_changes(coordinate, llr)
+            figures["posterior"] = posterior_curve(
+                coordinate, _sigmoid(logit), _sigmoid(llr), xlabel=xlabel, title=f"p(b | x): {settings}"
+            )
+            figures["logit_vs_llr"] = logit_curve(
+                coordinate, logit, llr, xlabel=xlabel, title=f"Logit and true llr: {settings}"
+            )
+
+        if data is not None:
+            coordinate = project(data.features).numpy()
+            labels = data.targets[:, 0].numpy()
+            value_range = getattr(datamodule, "feature_range", None) or (coordinate.min(), coordinate.max())
+            figures["data_histogram"] = data_histogram(
+                coordinate[labels == 0],
+                coordinate[labels == 1],
+                value_range,
+                bins=self.bins,
+                boundaries=boundaries,
+                xlabel=xlabel,
+                title=f"{data_name.capitalize()}: {settings}",
+            )
+
+        if evaluation is not None:
+            targets = evaluation.targets[:, 0]
+            probabilities = torch.sigmoid(_logits(pl_module, evaluation.features))[:, 0]
+            curves = {"network": _roc(probabilities, targets)}
+            if oracle is not None:
+                curves["Bayes rule"] = _roc(oracle(evaluation.features)[:, 0], targets)
+            figures["roc"] = roc_curve(curves, title=f"ROC, {eval_name}: {settings}")
+            figures["reliability"] = reliability_diagram(
+                probabilities.numpy(),
+                targets.numpy(),
+                bins=self.calibration_bins,
+                title=f"Reliability, {eval_name}: {settings}",
+            )
+        self._save(trainer, figures)
+
+    @staticmethod
+    def _save(trainer: Trainer, figures: dict[str, Figure]) -> None:
         directory = run_dir(trainer)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(
-            directory / "data_histogram.png", lambda tmp: figure.savefig(tmp, format="png", dpi=100)
-        )
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
-                experiment.add_figure("data/histogram", figure, global_step=trainer.global_step)
+        for name, figure in figures.items():
+            _atomic_write(
+                directory / f"{name}.png", lambda tmp, f=figure: f.savefig(tmp, format="png", dpi=100)
+            )
+            for logger in trainer.loggers:
+                experiment = getattr(logger, "experiment", None)
+                if hasattr(experiment, "add_figure"):
+                    experiment.add_figure(f"figures/{name}", figure, global_step=trainer.global_step)
+
+
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-values))
+
+
+def _roc(scores: Tensor, targets: Tensor) -> tuple[np.ndarray, np.ndarray, float]:
+    fpr, tpr, _ = binary_roc(scores, targets.int())
+    return fpr.numpy(), tpr.numpy(), float(binary_auroc(scores, targets.int()))
 
 
 class PredictionWriter(Callback):

@@ -10,14 +10,21 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from binclf import console
-from binclf.callbacks import DataHistogram, PredictionWriter, run_dir
+from binclf.callbacks import DiagnosticFigures, PredictionWriter, run_dir
 from binclf.checkpoints import resolve_checkpoint
 from binclf.data import TwoGaussianDataModule
 from binclf.module import BinaryClassifier
 
 _EVALUATING = ("validate", "test", "predict")
+
+
+@rank_zero_only
+def _say(message: str) -> None:
+    """Print once, not once per DDP process."""
+    print(message)
 
 
 def _log_root(trainer: Namespace) -> Path | None:
@@ -56,7 +63,7 @@ class BinclfCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        parser.add_lightning_class_args(DataHistogram, "data_histogram")
+        parser.add_lightning_class_args(DiagnosticFigures, "figures")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.set_defaults({"model.network": {"class_path": "binclf.networks.MLP"}})
         parser.link_arguments("data.input_dim", "model.network.init_args.input_dim", apply_on="instantiate")
@@ -95,31 +102,33 @@ class BinclfCLI(LightningCLI):
         return self.config[self.subcommand].ckpt_path
 
     def before_validate(self) -> None:
-        print(f"Validating checkpoint {self._ckpt_path()}")
+        _say(f"Validating checkpoint {self._ckpt_path()}")
 
     def before_test(self) -> None:
-        print(f"Testing checkpoint {self._ckpt_path()}")
+        _say(f"Testing checkpoint {self._ckpt_path()}")
 
     def before_predict(self) -> None:
-        print(f"Predicting with checkpoint {self._ckpt_path()}")
+        _say(f"Predicting with checkpoint {self._ckpt_path()}")
 
     def after_fit(self) -> None:
         callback = self.trainer.checkpoint_callback
         if callback is not None and callback.best_model_path:
             score = callback.best_model_score
-            print(f"Best checkpoint: {callback.best_model_path} ({callback.monitor}={float(score):.5g})")
-        print(f"Run directory: {run_dir(self.trainer)}")
+            _say(f"Best checkpoint: {callback.best_model_path} ({callback.monitor}={float(score):.5g})")
+        _say(f"Run directory: {run_dir(self.trainer)}")
 
     def after_validate(self) -> None:
-        print(f"Run directory: {run_dir(self.trainer)}")
+        _say(f"Run directory: {run_dir(self.trainer)}")
 
-    after_test = after_validate
+    def after_test(self) -> None:
+        _say(console.test_summary(self.trainer.callback_metrics))
+        _say(f"Run directory: {run_dir(self.trainer)}")
 
     def after_predict(self) -> None:
         for callback in self.trainer.callbacks:
             if isinstance(callback, PredictionWriter) and callback.path is not None:
-                print(f"Predictions: {callback.path}")
-        print(f"Run directory: {run_dir(self.trainer)}")
+                _say(f"Predictions: {callback.path}")
+        _say(f"Run directory: {run_dir(self.trainer)}")
 
 
 def run_cli(args: list[str] | None = None) -> BinclfCLI:

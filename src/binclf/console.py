@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 
 
 class _DropMessages(logging.Filter):
@@ -29,3 +30,25 @@ def quiet_inapplicable_messages() -> None:
     # `test` and `predict` load a checkpoint from the fit run's folder while logging into a folder of their
     # own; that is by design here.
     warnings.filterwarnings("ignore", message=r".*The dirpath has changed from")
+
+
+def test_summary(metrics: Mapping[str, float]) -> str:
+    """The test metrics in a few lines, with the oracle's where the data had one."""
+
+    def value(key: str) -> float:
+        return float(metrics[key])
+
+    lines = ["Test summary"]
+    lines.append(f"  accuracy              {100 * value('test/acc'):.3f} %")
+    if "test/bayes_acc" in metrics:
+        limit = metrics.get("test/bayes_acc_analytic")
+        analytic = f"   (analytic limit {100 * float(limit):.3f} %)" if limit is not None else ""
+        lines.append(f"  Bayes rule, same data {100 * value('test/bayes_acc'):.3f} %{analytic}")
+        gap, error = 100 * value("test/acc_gap"), 100 * value("test/acc_gap_se")
+        lines.append(f"  gap to Bayes          {gap:+.3f} ± {error:.3f} pp")
+    lines.append(f"  AUROC                 {value('test/auroc'):.5f}")
+    lines.append(f"  ECE (15 bins)         {value('test/ece'):.4f}")
+    lines.append(f"  Brier score           {value('test/brier'):.5f}")
+    if "test/llr_rmse" in metrics:
+        lines.append(f"  llr RMSE, |llr| ≤ 4   {value('test/llr_rmse'):.3f}")
+    return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -9,8 +10,10 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+from torchmetrics import MaxMetric, MeanMetric, MeanSquaredError
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalibrationError
+
+from binclf.metrics import INFORMATIVE_LLR, PairedAccuracyGap
 
 
 class BinaryClassifier(LightningModule):
@@ -47,6 +50,13 @@ class BinaryClassifier(LightningModule):
         self.test_loss = MeanMetric()
         self.test_acc = BinaryAccuracy()
         self.test_auroc = BinaryAUROC()
+        self.test_ece = BinaryCalibrationError(n_bins=15)
+        self.test_brier = MeanSquaredError()
+        # Against the oracle, when the data module has one (synthetic data): the Bayes rule, same points.
+        self.test_bayes_acc = BinaryAccuracy()
+        self.test_acc_gap = PairedAccuracyGap()
+        self.test_llr_rmse = MeanSquaredError(squared=False)
+        self._oracle: Callable[[Tensor], Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[n, 1]``: the inference path."""
@@ -83,15 +93,49 @@ class BinaryClassifier(LightningModule):
         self.log("val/acc_best", best)
         self.log("hp_metric", best)  # TensorBoard's HPARAMS tab ranks runs by this key
 
+    def on_test_start(self) -> None:
+        self._oracle = getattr(self.trainer.datamodule, "log_likelihood_ratio", None)
+
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, logits, targets = self.model_step(batch)
         probabilities = torch.sigmoid(logits)
         self.test_loss.update(loss, weight=len(targets))
         self.test_acc.update(probabilities, targets)
         self.test_auroc.update(probabilities, targets)
+        self.test_ece.update(probabilities, targets)
+        self.test_brier.update(probabilities, targets)
+        if self._oracle is None:
+            return
+        llr = self._oracle(batch[0])
+        bayes = (llr > 0).float()
+        self.test_bayes_acc.update(bayes, targets)
+        self.test_acc_gap.update(
+            model_correct=(probabilities > 0.5) == (targets > 0.5), reference_correct=bayes == targets
+        )
+        # Far out in the tails the data cannot pin the llr down, so only the informative region counts.
+        informative = llr.abs() <= INFORMATIVE_LLR
+        self.test_llr_rmse.update(logits[informative], llr[informative])
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict({"test/loss": self.test_loss, "test/acc": self.test_acc, "test/auroc": self.test_auroc})
+        self.log_dict(
+            {
+                "test/loss": self.test_loss,
+                "test/acc": self.test_acc,
+                "test/auroc": self.test_auroc,
+                "test/ece": self.test_ece,
+                "test/brier": self.test_brier,
+            }
+        )
+        if self._oracle is None:
+            return
+        self.log_dict({"test/bayes_acc": self.test_bayes_acc, "test/llr_rmse": self.test_llr_rmse})
+        gap, standard_error = self.test_acc_gap.compute()
+        self.test_acc_gap.reset()
+        # Already combined across ranks by the metric; sync_dist only averages identical values.
+        self.log_dict({"test/acc_gap": gap, "test/acc_gap_se": standard_error}, sync_dist=True)
+        analytic = getattr(self.trainer.datamodule, "bayes_accuracy_analytic", None)
+        if analytic is not None:
+            self.log("test/bayes_acc_analytic", analytic, sync_dist=True)
 
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
         logits = self(batch[0])

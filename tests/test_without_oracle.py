@@ -1,0 +1,57 @@
+"""A data module with no oracle (real data) still trains, tests and draws what it can."""
+
+import torch
+from lightning.pytorch import LightningDataModule, Trainer
+
+from binclf.batches import EpochBatchSampler, InMemoryBatches
+from binclf.callbacks import DiagnosticFigures
+from binclf.gaussians import LabelledData
+from binclf.module import BinaryClassifier
+from binclf.networks import MLP
+
+
+class PlainData(LightningDataModule):
+    """Two features, labels from their sum: no densities known, so no ``log_likelihood_ratio``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        features = torch.randn(1200, 2, generator=generator)
+        targets = (features.sum(dim=1, keepdim=True) > 0).float()
+        self.train_set = LabelledData(features[:800], targets[:800])
+        self.val_set = LabelledData(features[800:1000], targets[800:1000])
+        self.test_set = LabelledData(features[1000:], targets[1000:])
+
+    def _loader(self, data: LabelledData, shuffle: bool) -> InMemoryBatches:
+        return InMemoryBatches(*data, sampler=EpochBatchSampler(len(data.features), 50, shuffle=shuffle))
+
+    def train_dataloader(self) -> InMemoryBatches:
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self) -> InMemoryBatches:
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self) -> InMemoryBatches:
+        return self._loader(self.test_set, False)
+
+
+def test_training_and_testing_without_an_oracle(tmp_path):
+    torch.manual_seed(0)
+    model = BinaryClassifier(MLP(input_dim=2), optimizer=lambda params: torch.optim.SGD(params, lr=0.5))
+    trainer = Trainer(
+        max_epochs=5,
+        default_root_dir=tmp_path,
+        callbacks=[DiagnosticFigures()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=5,
+    )
+    datamodule = PlainData()
+    trainer.fit(model, datamodule=datamodule)
+    (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
+    assert metrics["test/acc"] > 0.9
+    assert {"test/loss", "test/auroc", "test/ece", "test/brier"} <= set(metrics)
+    assert not {key for key in metrics if "bayes" in key or "llr" in key or "gap" in key}
+    run = tmp_path / "lightning_logs" / "version_0"
+    drawn = {path.stem for path in run.glob("*.png")}
+    assert drawn == {"data_histogram", "roc", "reliability"}
