@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Re-install only when the packaging files change.
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test lint bench tensorboard clean
+.PHONY: install train test lint bench figures tensorboard clean
 
 install: $(STAMP)
 
@@ -27,6 +27,16 @@ test: lint
 
 bench: install
 	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+# The README's figures and test summary: the default config, fitted and tested in a scratch log folder.
+figures: install
+	@scratch=$$(mktemp -d) && \
+	$(BIN)/binclf fit -c configs/default.yaml --trainer.default_root_dir $$scratch --trainer.enable_progress_bar false && \
+	$(BIN)/binclf test -c configs/default.yaml --trainer.default_root_dir $$scratch --trainer.enable_progress_bar false \
+		| tee $$scratch/test.log && \
+	mkdir -p docs/figures && cp $$scratch/lightning_logs/version_1/*.png docs/figures/ && \
+	sed -n '/^Test summary/,/^  llr RMSE/p' $$scratch/test.log > docs/figures/test_summary.txt && \
+	rm -rf $$scratch
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir lightning_logs
