@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -34,5 +35,17 @@ def binclf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     def run(subcommand: str, *extra: str, small: bool = True) -> BinclfCLI:
         return run_cli([subcommand, "-c", str(DEFAULT_CONFIG), *(SMALL if small else []), *extra])
+
+    return run
+
+
+@pytest.fixture
+def binclf_process(tmp_path: Path):
+    """Like ``binclf``, but through the installed console script in a process of its own."""
+    script = str(Path(sys.executable).parent / "binclf")
+
+    def run(subcommand: str, *extra: str) -> subprocess.CompletedProcess:
+        command = [script, subcommand, "-c", str(DEFAULT_CONFIG), *SMALL, *extra]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
 
     return run

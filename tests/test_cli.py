@@ -233,3 +233,26 @@ def test_dimension_follows_the_data_through_one_setting(binclf, tmp_path):
     predict = binclf("predict", "--data.dim=3", "--data.mean_b=[2.0, 1.0, 1.0]", "--data.scale=[0.5, 0.6]")
     rows = read_csv(Path(predict.trainer.log_dir) / "predictions.csv")
     assert list(rows[0])[:4] == ["index", "x0", "x1", "x2"]
+
+
+def test_ddp_on_two_cpu_processes_syncs_test_metrics_over_the_whole_test_set(binclf_process, tmp_path):
+    """DDP needs the process boundary: the real console script, two ranks over gloo."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from binclf.data import TwoGaussianDataModule
+
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    for subcommand in ("fit", "test"):
+        result = binclf_process(subcommand, *ddp)
+        assert result.returncode == 0, result.stderr[-3000:]
+    events = EventAccumulator(str(tmp_path / "lightning_logs" / "version_1"), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = events.Scalars("test/bayes_acc")[-1].value
+    # Computed here in one process over every test point: equal only if the two ranks' shards, synced,
+    # covered each point exactly once.
+    datamodule = TwoGaussianDataModule(num_test_samples=1000)
+    datamodule.setup("test")
+    features, targets = datamodule.test_set
+    expected = ((datamodule.log_likelihood_ratio(features) > 0).float() == targets).float().mean().item()
+    assert logged == pytest.approx(expected, abs=1e-7)
+    assert events.Scalars("test/acc")[-1].value > 0.95

@@ -19,8 +19,14 @@ from binclf.plotting import data_histogram, logit_curve, posterior_curve, reliab
 
 
 def run_dir(trainer: Trainer) -> Path:
-    """The run's own directory (``lightning_logs/version_N``), where its config and outputs go."""
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    """The run's own directory (``lightning_logs/version_N``) as the global-zero process knows it.
+
+    Unlike ``trainer.log_dir`` this is no collective call, so rank-0-only code and code that runs after the
+    DDP process group has gone can use it. Other ranks may see another version number.
+    """
+    logger = trainer.logger
+    log_dir = getattr(logger, "log_dir", None) if logger is not None else None
+    return Path(log_dir or trainer.default_root_dir)
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -211,7 +217,8 @@ class PredictionWriter(Callback):
         name = Path(self.filename)
         if trainer.world_size > 1:
             name = name.with_name(f"{name.stem}.rank{trainer.global_rank}{name.suffix}")
-        directory = run_dir(trainer)
+        # Every rank runs this hook, so the collective ``trainer.log_dir`` gives all of them rank 0's folder.
+        directory = Path(trainer.log_dir or trainer.default_root_dir)
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / name
 

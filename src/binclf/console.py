@@ -30,6 +30,9 @@ def quiet_inapplicable_messages() -> None:
     # `test` and `predict` load a checkpoint from the fit run's folder while logging into a folder of their
     # own; that is by design here.
     warnings.filterwarnings("ignore", message=r".*The dirpath has changed from")
+    # train/loss is logged every log_every_n_steps optimizer steps across epoch boundaries, so short epochs
+    # lose no points of the curve.
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval")
 
 
 def test_summary(metrics: Mapping[str, float]) -> str:

@@ -90,8 +90,9 @@ class BinaryClassifier(LightningModule):
             return
         self.val_acc_best.update(self.val_acc.compute())
         best = self.val_acc_best.compute()
-        self.log("val/acc_best", best)
-        self.log("hp_metric", best)  # TensorBoard's HPARAMS tab ranks runs by this key
+        # The value is already the same on every rank; sync_dist only averages identical numbers.
+        self.log("val/acc_best", best, sync_dist=True)
+        self.log("hp_metric", best, sync_dist=True)  # TensorBoard's HPARAMS tab ranks runs by this key
 
     def on_test_start(self) -> None:
         self._oracle = getattr(self.trainer.datamodule, "log_likelihood_ratio", None)
