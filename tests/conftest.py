@@ -28,6 +28,11 @@ SMALL = [
 
 
 @pytest.fixture
+def default_config() -> Path:
+    return DEFAULT_CONFIG
+
+
+@pytest.fixture
 def binclf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Run ``binclf <subcommand> -c configs/default.yaml <SMALL> <extra>`` in-process, inside ``tmp_path``."""
     monkeypatch.chdir(tmp_path)

@@ -27,6 +27,23 @@ def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
     return figure, axes
 
 
+def histogram_on(
+    axes: Axes,
+    coordinate_a: np.ndarray,
+    coordinate_b: np.ndarray,
+    value_range: tuple[float, float],
+    *,
+    bins: int = 100,
+    boundaries: np.ndarray | None = None,
+) -> None:
+    """Both classes on the same ``bins`` bins over ``value_range``, with Bayes boundaries where given."""
+    edges = np.linspace(*value_range, bins + 1)
+    axes.hist(coordinate_a, bins=edges, alpha=0.6, label="a (label 0)")
+    axes.hist(coordinate_b, bins=edges, alpha=0.6, label="b (label 1)")
+    for i, boundary in enumerate([] if boundaries is None else boundaries):
+        axes.axvline(boundary, color="black", linestyle="--", label="Bayes boundary" if i == 0 else None)
+
+
 def data_histogram(
     coordinate_a: np.ndarray,
     coordinate_b: np.ndarray,
@@ -37,14 +54,9 @@ def data_histogram(
     xlabel: str = "x",
     title: str = "",
 ) -> Figure:
-    """The article's Figure 1: both classes on the same ``bins`` bins over ``value_range``, with the Bayes
-    decision boundaries marked where given."""
+    """The article's Figure 1, with the Bayes decision boundaries marked where given."""
     figure, axes = _figure(title, xlabel, "number of samples")
-    edges = np.linspace(*value_range, bins + 1)
-    axes.hist(coordinate_a, bins=edges, alpha=0.6, label="a (label 0)")
-    axes.hist(coordinate_b, bins=edges, alpha=0.6, label="b (label 1)")
-    for i, boundary in enumerate([] if boundaries is None else boundaries):
-        axes.axvline(boundary, color="black", linestyle="--", label="Bayes boundary" if i == 0 else None)
+    histogram_on(axes, coordinate_a, coordinate_b, value_range, bins=bins, boundaries=boundaries)
     axes.legend()
     return figure
 
@@ -139,4 +151,30 @@ def reliability_diagram(
     axes.set_xlim(-0.02, 1.02)
     axes.set_ylim(-0.02, 1.02)
     axes.legend(loc="lower right")
+    return figure
+
+
+def accuracy_against_setting(
+    lines: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    bayes: tuple[np.ndarray, np.ndarray] | None,
+    analytic: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    xlabel: str,
+    title: str,
+    log_x: bool = True,
+) -> Figure:
+    """Test accuracy against a setting: ``lines[label] = (x, mean, spread)`` drawn with error bars, beside
+    the Bayes rule measured on the same test points and its analytic value, each ``(x, accuracy)``."""
+    figure, axes = _figure(title, xlabel, "test accuracy")
+    for label, (x, mean, spread) in lines.items():
+        axes.errorbar(x, mean, yerr=spread, marker="o", markersize=4, capsize=3, label=label)
+    if analytic is not None:
+        axes.plot(*analytic, color="black", linewidth=1, label="Bayes limit (analytic)")
+    if bayes is not None:
+        axes.plot(
+            *bayes, color="black", linestyle="none", marker="x", label="Bayes rule on the same test points"
+        )
+    if log_x:
+        axes.set_xscale("log")
+    axes.legend(fontsize=8)
     return figure

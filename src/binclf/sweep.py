@@ -1,0 +1,305 @@
+"""``binclf-sweep``: the same ``binclf fit`` and ``test`` over a grid of settings and seeds, in parallel.
+
+Each run is the real CLI (``run_cli``) on the base config plus its cell's overrides, so a sweep trains exactly
+what ``binclf fit`` would. Results land in one sweep folder:
+
+    <root>/<name>/runs/<run>/        one run: TensorBoard events, checkpoints, figures, output.log,
+                                     result.json
+    <root>/<name>/results.csv        one row per run: settings, seed, status, test metrics, wall time, error
+    <root>/<name>/*.png, summary/    the study's figures, as PNG and in TensorBoard
+
+A run counts as done once its ``result.json`` says ``ok``; running the same sweep again redoes only the
+missing and failed runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+_RESULT = "result.json"
+_FIRST_COLUMNS = ["run", "seed", "status"]
+_LAST_COLUMNS = ["wall_seconds", "error"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of the grid with one seed: the CLI arguments that train and test it."""
+
+    name: str
+    settings: dict[str, Any]
+    seed: int
+    directory: Path
+    args: list[str]
+
+
+def _value_name(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def plan(
+    config: str,
+    grid: dict[str, list[Any]],
+    seeds: list[int],
+    extra_args: list[str],
+    sweep_dir: Path,
+    epochs: int | None,
+    steps: int | None,
+) -> list[Run]:
+    """Every (cell, seed) of the grid, in a stable order, with the arguments for ``binclf fit``."""
+    if (epochs is None) == (steps is None):
+        raise ValueError("give the budget as exactly one of epochs or steps")
+    if steps is not None:
+        # A fixed number of optimizer steps whatever the training size: epochs run until the steps are spent,
+        # and validation (for the best checkpoint) happens every tenth of the budget instead of every epoch.
+        budget = [
+            f"--trainer.max_steps={steps}",
+            "--trainer.max_epochs=-1",
+            "--trainer.check_val_every_n_epoch=null",
+            f"--trainer.val_check_interval={max(1, steps // 10)}",
+        ]
+    else:
+        budget = [f"--trainer.max_epochs={epochs}"]
+    runs = []
+    for values in itertools.product(*grid.values()):
+        settings = dict(zip(grid, values, strict=True))
+        for seed in seeds:
+            cell = ",".join(f"{key.split('.')[-1]}={_value_name(value)}" for key, value in settings.items())
+            name = f"{cell},seed={seed}"
+            directory = sweep_dir / "runs" / name
+            args = [
+                "fit",
+                "-c",
+                config,
+                *extra_args,
+                *budget,
+                *(f"--{key}={value}" for key, value in settings.items()),
+                f"--seed_everything={seed}",
+                f"--data.seed={seed}",
+                "--torch_threads=1",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.enable_model_summary=false",
+                "--trainer.logger=TensorBoardLogger",
+                f"--trainer.logger.save_dir={directory.parent}",
+                "--trainer.logger.name=",
+                f"--trainer.logger.version={name}",
+            ]
+            runs.append(Run(name, settings, seed, directory, args))
+    return runs
+
+
+def finished(run: Run) -> bool:
+    result = run.directory / _RESULT
+    return result.is_file() and json.loads(result.read_text()).get("status") == "ok"
+
+
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Send everything this process prints (Python and C level) to ``path`` for the duration."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("w") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def execute(run: Run) -> dict[str, Any]:
+    """Fit, then test the best checkpoint in the same process; record the outcome, whatever it is."""
+    from binclf.cli import run_cli  # imported here, in the worker, so the parent never loads Lightning
+
+    result: dict[str, Any] = {"run": run.name, "seed": run.seed, **run.settings}
+    start = time.perf_counter()
+    log = run.directory / "output.log"
+    try:
+        shutil.rmtree(run.directory, ignore_errors=True)  # a failed or interrupted earlier attempt
+        run.directory.mkdir(parents=True)
+        with _output_to(log):
+            try:
+                cli = run_cli(run.args)
+                cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
+            except BaseException:
+                traceback.print_exc()
+                raise
+        metrics = cli.trainer.callback_metrics
+        result |= {"status": "ok", "error": ""}
+        result |= {key: float(value) for key, value in sorted(metrics.items()) if key.startswith("test/")}
+        result["histogram"] = training_histogram(cli.datamodule)
+    except (Exception, SystemExit) as error:
+        lines = [line for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+        # A parse error exits with a bare status; its message is the last line it printed.
+        message = lines[-1] if isinstance(error, SystemExit) and lines else f"{type(error).__name__}: {error}"
+        result |= {"status": "failed", "error": message}
+    result["wall_seconds"] = round(time.perf_counter() - start, 3)
+    with contextlib.suppress(OSError):  # no run directory to write in: the parent records the result
+        tmp = run.directory / f".{_RESULT}.tmp"
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, run.directory / _RESULT)
+    return result
+
+
+def training_histogram(datamodule: Any, bins: int = 50) -> dict[str, list[float]]:
+    """Class-wise counts of the training data along the data module's plotting coordinate, for the
+    report's grid of cells: a few numbers in ``result.json`` instead of the data itself."""
+    import numpy as np
+
+    features, targets = datamodule.train_set
+    coordinate = (datamodule.project(features) if hasattr(datamodule, "project") else features[:, 0]).numpy()
+    value_range = getattr(datamodule, "feature_range", None) or (coordinate.min(), coordinate.max())
+    edges = np.linspace(*value_range, bins + 1)
+    labels = targets[:, 0].numpy()
+    counts = {
+        name: np.histogram(coordinate[labels == label], edges)[0] for name, label in (("a", 0), ("b", 1))
+    }
+    return {"edges": edges.tolist(), "a": counts["a"].tolist(), "b": counts["b"].tolist()}
+
+
+def _worker_start() -> None:
+    # One intra-op thread per worker: several workers share the cores, and this model is too small to gain.
+    import torch
+
+    torch.set_num_threads(1)
+    sys.argv = sys.argv[:1]  # each run's arguments are passed to the CLI directly, not through argv
+
+
+def write_results(runs: list[Run], path: Path, fresh: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """``results.csv`` from every run's ``result.json``, else from this session's ``fresh`` results (a run
+    that could not even write its file); runs never attempted get status ``missing``."""
+    rows = []
+    for run in runs:
+        result = run.directory / _RESULT
+        if result.is_file():
+            rows.append(json.loads(result.read_text()))
+        elif run.name in fresh:
+            rows.append(fresh[run.name])
+        else:
+            rows.append({"run": run.name, "seed": run.seed, **run.settings, "status": "missing", "error": ""})
+    settings = list(runs[0].settings) if runs else []
+    metrics = sorted({key for row in rows for key in row if key.startswith("test/")})
+    columns = _FIRST_COLUMNS[:1] + settings + _FIRST_COLUMNS[1:] + metrics + _LAST_COLUMNS
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return rows
+
+
+def run_sweep(runs: list[Run], workers: int) -> dict[str, dict[str, Any]]:
+    """Run what is not finished yet, ``workers`` at a time, with a progress bar; return this session's
+    results by run name."""
+    from tqdm import tqdm
+
+    todo = [run for run in runs if not finished(run)]
+    skipped = len(runs) - len(todo)
+    print(f"{len(runs)} runs, {skipped} already finished, {len(todo)} to run on {workers} workers")
+    results: dict[str, dict[str, Any]] = {}
+    if not todo:
+        return results
+    context = get_context("spawn")  # a fresh interpreter per worker: no inherited torch threads or locks
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start) as pool:
+        futures = {pool.submit(execute, run): run for run in todo}
+        with tqdm(total=len(futures), unit="run", file=sys.stdout, dynamic_ncols=True) as bar:
+            for future in as_completed(futures):
+                run = futures[future]
+                try:
+                    result = future.result()
+                except Exception as error:  # the worker process itself died
+                    result = {"run": run.name, "seed": run.seed, **run.settings, "status": "failed"}
+                    result["error"] = f"{type(error).__name__}: {error}"
+                results[run.name] = result
+                if result["status"] != "ok":
+                    bar.write(f"failed: {run.name}: {result['error']}")
+                bar.set_postfix(failed=sum(r["status"] != "ok" for r in results.values()))
+                bar.update()
+    return results
+
+
+def parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="binclf-sweep", description=__doc__.splitlines()[0], default_config_files=[])
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="a sweep YAML file")
+    parser.add_argument("--name", type=str, default="sweep", help="the sweep folder's name")
+    parser.add_argument("--root", type=str, default="lightning_logs/sweeps", help="where sweep folders go")
+    parser.add_argument("--base_config", type=str, default="configs/default.yaml", help="binclf fit -c ...")
+    parser.add_argument("--args", type=list[str], default=[], help="extra binclf fit arguments for every run")
+    parser.add_argument(
+        "--grid",
+        type=dict[str, list[int | float | str]],
+        default={},
+        help="setting: [values], e.g. data.scale",
+    )
+    parser.add_argument(
+        "--seeds", type=list[int], default=[0], help="model and data seed of each cell's runs"
+    )
+    parser.add_argument("--epochs", type=int | None, default=None, help="budget: epochs per run")
+    parser.add_argument("--steps", type=int | None, default=None, help="budget: optimizer steps per run")
+    parser.add_argument("--workers", type=int, default=0, help="parallel runs; 0 means one per core")
+    parser.add_argument(
+        "--plot.x", type=str | None, default=None, help="grid key on the x axis (default: first)"
+    )
+    parser.add_argument(
+        "--plot.lines", type=str | None, default=None, help="grid key per line (default: second)"
+    )
+    return parser
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``binclf-sweep``."""
+    config = parser().parse_args(args)
+    sweep_dir = Path(config.root) / config.name
+    try:
+        if not config.grid:
+            raise ValueError("the grid is empty: give --grid or a sweep config with grid:")
+        runs = plan(
+            config.base_config, config.grid, config.seeds, config.args, sweep_dir, config.epochs, config.steps
+        )
+    except ValueError as error:
+        sys.exit(f"binclf-sweep: error: {error}")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    workers = config.workers or os.cpu_count() or 1
+    start = time.perf_counter()
+    results = run_sweep(runs, workers)
+    rows = write_results(runs, sweep_dir / "results.csv", results)
+    from binclf.sweep_report import report  # matplotlib only once the runs are done
+
+    x_key = config.plot.x or next(iter(config.grid))
+    line_key = config.plot.lines or (list(config.grid)[1] if len(config.grid) > 1 else None)
+    report(rows, sweep_dir, x_key, line_key)
+    failed = sum(row["status"] != "ok" for row in rows)
+    elapsed = time.perf_counter() - start
+    print(f"Ran {len(results)} runs in {elapsed:.0f} s; {len(rows) - failed} of {len(rows)} ok")
+    print(f"Results: {sweep_dir / 'results.csv'}")
+    print(f"Sweep directory: {sweep_dir}   (tensorboard --logdir {sweep_dir})")
+    if failed:
+        sys.exit(
+            f"binclf-sweep: error: {failed} runs failed (see results.csv); run the same command to retry them"
+        )
+
+
+if __name__ == "__main__":
+    main()
