@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Re-install only when the packaging files change.
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test lint bench figures tensorboard clean
+.PHONY: install train test lint bench figures sweep tensorboard clean
 
 install: $(STAMP)
 
@@ -37,6 +37,13 @@ figures: install
 	mkdir -p docs/figures && cp $$scratch/lightning_logs/version_1/*.png docs/figures/ && \
 	sed -n '/^Test summary/,/^  llr RMSE/p' $$scratch/test.log > docs/figures/test_summary.txt && \
 	rm -rf $$scratch
+
+# The article's "Model applicability" study; its figures and table go into the README's docs/sweep/.
+sweep: install
+	time $(BIN)/binclf-sweep -c configs/sweeps/applicability.yaml
+	mkdir -p docs/sweep
+	cp lightning_logs/sweeps/applicability/accuracy.png lightning_logs/sweeps/applicability/data_grid.png \
+		lightning_logs/sweeps/applicability/results.md docs/sweep/
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir lightning_logs

@@ -8,8 +8,8 @@ what ``binclf fit`` would. Results land in one sweep folder:
     <root>/<name>/results.csv        one row per run: settings, seed, status, test metrics, wall time, error
     <root>/<name>/*.png, summary/    the study's figures, as PNG and in TensorBoard
 
-A run counts as done once its ``result.json`` says ``ok``; running the same sweep again redoes only the
-missing and failed runs.
+A run counts as done once its ``result.json`` says ``ok`` for the same arguments; running the same sweep
+again redoes only the missing and failed runs (and any whose settings changed).
 """
 
 from __future__ import annotations
@@ -104,8 +104,12 @@ def plan(
 
 
 def finished(run: Run) -> bool:
+    """Whether the run succeeded with exactly these arguments (a changed config or budget reruns it)."""
     result = run.directory / _RESULT
-    return result.is_file() and json.loads(result.read_text()).get("status") == "ok"
+    if not result.is_file():
+        return False
+    recorded = json.loads(result.read_text())
+    return recorded.get("status") == "ok" and recorded.get("args") == run.args
 
 
 @contextlib.contextmanager
@@ -155,6 +159,7 @@ def execute(run: Run) -> dict[str, Any]:
         message = lines[-1] if isinstance(error, SystemExit) and lines else f"{type(error).__name__}: {error}"
         result |= {"status": "failed", "error": message}
     result["wall_seconds"] = round(time.perf_counter() - start, 3)
+    result["args"] = run.args
     with contextlib.suppress(OSError):  # no run directory to write in: the parent records the result
         tmp = run.directory / f".{_RESULT}.tmp"
         tmp.write_text(json.dumps(result, indent=1))
