@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from binclf.networks import MLP
+from binclf.networks import MLP, LogisticRegression
 
 
 def test_article_network_layout():
@@ -33,3 +33,11 @@ def test_logits_are_unbounded_and_can_be_negative():
 def test_invalid_sizes_name_themselves(kwargs, name):
     with pytest.raises(ValueError, match=name):
         MLP(**kwargs)
+
+
+def test_logistic_regression_is_one_linear_layer_to_a_logit():
+    network = LogisticRegression(input_dim=3)
+    assert [type(m) for m in network.modules()] == [LogisticRegression, nn.Linear]
+    assert network(torch.randn(7, 3)).shape == (7, 1)
+    with pytest.raises(ValueError, match="input_dim"):
+        LogisticRegression(input_dim=0)

@@ -105,6 +105,7 @@ class DiagnosticFigures(Callback):
         grid = getattr(datamodule, "grid", None)
         project = getattr(datamodule, "project", lambda features: features[:, 0])
         xlabel = getattr(datamodule, "projection_label", "first feature")
+        transform = getattr(datamodule, "transform", lambda features: features)  # what the network sees
         settings = getattr(datamodule, "description", "")
         figures: dict[str, Figure] = {}
 
@@ -113,7 +114,7 @@ class DiagnosticFigures(Callback):
             coordinate, points = grid(self.grid_points)
             coordinate = coordinate.numpy()
             llr = oracle(points)[:, 0].numpy()
-            logit = _logits(pl_module, points)[:, 0].numpy()
+            logit = _logits(pl_module, transform(points))[:, 0].numpy()
             boundaries = _sign_changes(coordinate, llr)
             figures["posterior"] = posterior_curve(
                 coordinate, _sigmoid(logit), _sigmoid(llr), xlabel=xlabel, title=f"p(b | x): {settings}"
@@ -138,7 +139,7 @@ class DiagnosticFigures(Callback):
 
         if evaluation is not None:
             targets = evaluation.targets[:, 0]
-            probabilities = torch.sigmoid(_logits(pl_module, evaluation.features))[:, 0]
+            probabilities = torch.sigmoid(_logits(pl_module, transform(evaluation.features)))[:, 0]
             curves = {"network": _roc(probabilities, targets)}
             if oracle is not None:
                 curves["Bayes rule"] = _roc(oracle(evaluation.features)[:, 0], targets)
@@ -177,9 +178,11 @@ def _roc(scores: Tensor, targets: Tensor) -> tuple[np.ndarray, np.ndarray, float
 class PredictionWriter(Callback):
     """Writes ``predict`` results as CSV in the run directory, one row per input, in input order.
 
-    Columns: ``index`` (the input's row), the features (``x``, or ``x0, x1, ...``), ``logit``,
-    ``probability`` of class b, and ``predicted_label``, 1 when the probability exceeds ``threshold``.
-    Predict batches are ``(features, index)``. Under DDP each rank writes ``<stem>.rank<N>.csv``.
+    The first columns identify each row: the data module's ``prediction_columns(index)`` where it has one
+    (a table's id column, say), else ``index`` and the features (``x``, or ``x0, x1, ...``). Then come
+    ``logit``, ``probability`` of class 1, and ``predicted_label``: the data module's ``label_names[1]``
+    (else 1) when the probability exceeds ``threshold``. Predict batches are ``(features, index)``.
+    Under DDP each rank writes ``<stem>.rank<N>.csv``.
     """
 
     def __init__(self, filename: str = "predictions.csv", threshold: float = 0.5) -> None:
@@ -213,7 +216,15 @@ class PredictionWriter(Callback):
         )
         self._batches = []
         order = index.argsort(kind="stable")
-        feature_names = ["x"] if features.shape[1] == 1 else [f"x{i}" for i in range(features.shape[1])]
+        datamodule = trainer.datamodule
+        if hasattr(datamodule, "prediction_columns"):
+            identity = datamodule.prediction_columns(index[order])
+        else:
+            names = ["x"] if features.shape[1] == 1 else [f"x{i}" for i in range(features.shape[1])]
+            # str() of a float32 is its shortest exact form: 0.003, not 0.003000000026077032.
+            identity = {"index": index[order].tolist()}
+            identity |= {name: [str(v) for v in features[order, j]] for j, name in enumerate(names)}
+        label_names = getattr(datamodule, "label_names", None) or ["0", "1"]
         name = Path(self.filename)
         if trainer.world_size > 1:
             name = name.with_name(f"{name.stem}.rank{trainer.global_rank}{name.suffix}")
@@ -225,11 +236,11 @@ class PredictionWriter(Callback):
         def write(tmp: Path) -> None:
             with tmp.open("w", newline="") as file:
                 writer = csv.writer(file)
-                writer.writerow(["index", *feature_names, "logit", "probability", "predicted_label"])
-                # str() of a float32 is its shortest exact form: 0.003, not 0.003000000026077032.
-                for i in order:
+                writer.writerow([*identity, "logit", "probability", "predicted_label"])
+                for k, i in enumerate(order):
                     probability = probabilities[i, 0]
-                    row = [str(v) for v in (*features[i], logits[i, 0], probability)]
-                    writer.writerow([int(index[i]), *row, int(probability > self.threshold)])
+                    label = label_names[int(probability > self.threshold)]
+                    row = [column[k] for column in identity.values()]
+                    writer.writerow([*row, str(logits[i, 0]), str(probability), label])
 
         _atomic_write(self.path, write)

@@ -8,23 +8,20 @@ from typing import Any
 
 import torch
 from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from binclf import console
 from binclf.callbacks import DiagnosticFigures, PredictionWriter, run_dir
 from binclf.checkpoints import resolve_checkpoint
-from binclf.data import TwoGaussianDataModule
+from binclf.console import say
+from binclf.data import TwoGaussianDataModule  # noqa: F401  (imported so that --data finds it by name)
 from binclf.module import BinaryClassifier
+from binclf.networks import MLP, LogisticRegression  # noqa: F401  (--model.network finds them by name)
+from binclf.tabular import TabularDataModule  # noqa: F401  (--data finds it by name)
 
 _EVALUATING = ("validate", "test", "predict")
-
-
-@rank_zero_only
-def _say(message: str) -> None:
-    """Print once, not once per DDP process."""
-    print(message)
 
 
 def _log_root(trainer: Namespace) -> Path | None:
@@ -65,7 +62,12 @@ class BinclfCLI(LightningCLI):
         )
         parser.add_lightning_class_args(DiagnosticFigures, "figures")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
-        parser.set_defaults({"model.network": {"class_path": "binclf.networks.MLP"}})
+        parser.set_defaults(
+            {
+                "model.network": {"class_path": "binclf.networks.MLP"},
+                "data": {"class_path": "binclf.data.TwoGaussianDataModule"},
+            }
+        )
         parser.link_arguments("data.input_dim", "model.network.init_args.input_dim", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -102,33 +104,33 @@ class BinclfCLI(LightningCLI):
         return self.config[self.subcommand].ckpt_path
 
     def before_validate(self) -> None:
-        _say(f"Validating checkpoint {self._ckpt_path()}")
+        say(f"Validating checkpoint {self._ckpt_path()}")
 
     def before_test(self) -> None:
-        _say(f"Testing checkpoint {self._ckpt_path()}")
+        say(f"Testing checkpoint {self._ckpt_path()}")
 
     def before_predict(self) -> None:
-        _say(f"Predicting with checkpoint {self._ckpt_path()}")
+        say(f"Predicting with checkpoint {self._ckpt_path()}")
 
     def after_fit(self) -> None:
         callback = self.trainer.checkpoint_callback
         if callback is not None and callback.best_model_path:
             score = callback.best_model_score
-            _say(f"Best checkpoint: {callback.best_model_path} ({callback.monitor}={float(score):.5g})")
-        _say(f"Run directory: {run_dir(self.trainer)}")
+            say(f"Best checkpoint: {callback.best_model_path} ({callback.monitor}={float(score):.5g})")
+        say(f"Run directory: {run_dir(self.trainer)}")
 
     def after_validate(self) -> None:
-        _say(f"Run directory: {run_dir(self.trainer)}")
+        say(f"Run directory: {run_dir(self.trainer)}")
 
     def after_test(self) -> None:
-        _say(console.test_summary(self.trainer.callback_metrics))
-        _say(f"Run directory: {run_dir(self.trainer)}")
+        say(console.test_summary(self.trainer.callback_metrics))
+        say(f"Run directory: {run_dir(self.trainer)}")
 
     def after_predict(self) -> None:
         for callback in self.trainer.callbacks:
             if isinstance(callback, PredictionWriter) and callback.path is not None:
-                _say(f"Predictions: {callback.path}")
-        _say(f"Run directory: {run_dir(self.trainer)}")
+                say(f"Predictions: {callback.path}")
+        say(f"Run directory: {run_dir(self.trainer)}")
 
 
 def run_cli(args: list[str] | None = None) -> BinclfCLI:
@@ -136,7 +138,8 @@ def run_cli(args: list[str] | None = None) -> BinclfCLI:
     console.quiet_inapplicable_messages()
     return BinclfCLI(
         BinaryClassifier,
-        TwoGaussianDataModule,
+        LightningDataModule,  # any data module by class_path; TwoGaussianDataModule unless the config says
+        subclass_mode_data=True,
         seed_everything_default=0,
         auto_configure_optimizers=False,
         args=args,

@@ -1,7 +1,6 @@
-"""Console output: the Lightning messages that do not apply to this project, silenced in one place.
-
-Each filter names one message. The CLI calls this, so DDP child processes (which re-run the CLI) get the
-same filters.
+"""Console output: what binclf prints, and the Lightning messages that do not apply here, silenced in
+one place. Each filter names one message. The CLI calls this, so DDP child processes (which re-run the
+CLI) get the same filters.
 """
 
 from __future__ import annotations
@@ -9,6 +8,14 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping
+
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+
+@rank_zero_only
+def say(message: str) -> None:
+    """Print once, not once per DDP process."""
+    print(message)
 
 
 class _DropMessages(logging.Filter):

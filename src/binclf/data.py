@@ -7,11 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
-from binclf.batches import EpochBatchSampler, InMemoryBatches
 from binclf.gaussians import LabelledData, TwoGaussians
+from binclf.in_memory import InMemoryDataModule
 
 # Each split draws from its own child of the data seed, so changing one split's size leaves the others as
 # they were: the test set is the same points whatever the training size.
@@ -46,7 +45,7 @@ def _scales(value: float | Sequence[float]) -> tuple[float, float]:
     return float(scales[0]), float(scales[1])
 
 
-class TwoGaussianDataModule(LightningDataModule):
+class TwoGaussianDataModule(InMemoryDataModule):
     """Two Gaussian classes with equal priors: a (label 0) around ``mean_a``, b (label 1) around ``mean_b``.
 
     In ``dim`` dimensions each class is isotropic; a mean is one number (broadcast) or ``dim`` numbers, and
@@ -76,31 +75,23 @@ class TwoGaussianDataModule(LightningDataModule):
         num_predict_points: int = 1_001,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, seed)
         for name, value in [
             ("num_samples", num_samples),
             ("dim", dim),
             ("num_val_samples", num_val_samples),
             ("num_test_samples", num_test_samples),
             ("num_predict_points", num_predict_points),
-            ("batch_size", batch_size),
         ]:
             _require(value >= 1, f"{name} must be at least 1, got {value}")
-        _require(seed >= 0, f"seed must be non-negative, got {seed}")
         self.gaussians = TwoGaussians(
             _vector("mean_a", mean_a, dim), _vector("mean_b", mean_b, dim), *_scales(scale)
         )
         self.save_hyperparameters()
         self.num_samples = num_samples
-        self.batch_size = batch_size
         self.num_val_samples = num_val_samples
         self.num_test_samples = num_test_samples
         self.num_predict_points = num_predict_points
-        self.seed = seed
-        self.train_set: LabelledData | None = None
-        self.val_set: LabelledData | None = None
-        self.test_set: LabelledData | None = None
-        self.predict_features: Tensor | None = None
 
     @property
     def input_dim(self) -> int:
@@ -154,28 +145,3 @@ class TwoGaussianDataModule(LightningDataModule):
             self.test_set = self._draw(_TEST, self.num_test_samples)
         if stage == "predict" and self.predict_features is None:
             _, self.predict_features = self.grid(self.num_predict_points)
-
-    def _batches(self, *tensors: Tensor, shuffle: bool) -> InMemoryBatches:
-        trainer = self.trainer
-        sampler = EpochBatchSampler(
-            len(tensors[0]),
-            self.batch_size,
-            shuffle=shuffle,
-            seed=self.seed,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
-        )
-        return InMemoryBatches(*tensors, sampler=sampler)
-
-    def train_dataloader(self) -> InMemoryBatches:
-        return self._batches(*self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> InMemoryBatches:
-        return self._batches(*self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> InMemoryBatches:
-        return self._batches(*self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> InMemoryBatches:
-        index = torch.arange(len(self.predict_features))
-        return self._batches(self.predict_features, index, shuffle=False)

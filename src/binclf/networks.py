@@ -32,3 +32,18 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Logits of shape ``[n, 1]`` for features of shape ``[n, input_dim]``."""
         return self.layers(x)
+
+
+class LogisticRegression(nn.Module):
+    """One linear layer: logit = w·x + b. For two Gaussians with equal scales the true log-likelihood ratio
+    is exactly such a linear function, so this is the Bayes-optimal family there."""
+
+    def __init__(self, input_dim: int = 1) -> None:
+        super().__init__()
+        if input_dim < 1:
+            raise ValueError(f"input_dim must be at least 1, got {input_dim}")
+        self.linear = nn.Linear(input_dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of shape ``[n, 1]`` for features of shape ``[n, input_dim]``."""
+        return self.linear(x)

@@ -1,0 +1,307 @@
+"""Your own data: a table (CSV, ``.npz`` or ``.npy``) with a two-valued label column."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from binclf.console import say
+from binclf.gaussians import LabelledData
+from binclf.in_memory import InMemoryDataModule
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, and the column and row where it can."""
+
+
+class Table:
+    """Named columns read from a file, each a 1-D array (strings for CSV), and where each row came from."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            self.columns = self._read_csv(path)
+        elif suffix in (".npz", ".npy"):
+            self.columns = self._read_numpy(path)
+        else:
+            raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .npz or .npy")
+        self.num_rows = len(next(iter(self.columns.values()))) if self.columns else 0
+        if self.num_rows == 0:
+            raise DataError(f"{path}: no data rows")
+        self.csv = suffix == ".csv"
+
+    @staticmethod
+    def _read_csv(path: Path) -> dict[str, np.ndarray]:
+        with path.open(newline="") as file:
+            rows = list(csv.reader(file))
+        if not rows:
+            raise DataError(f"{path}: the file is empty")
+        header, body = rows[0], [row for row in rows[1:] if row]
+        for line, row in enumerate(rows[1:], start=2):
+            if row and len(row) != len(header):
+                raise DataError(f"{path}: line {line} has {len(row)} fields, the header has {len(header)}")
+        return {name: np.array([row[i] for row in body], dtype=str) for i, name in enumerate(header)}
+
+    @staticmethod
+    def _read_numpy(path: Path) -> dict[str, np.ndarray]:
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except ValueError as error:  # object arrays need pickle, which could run code
+            raise DataError(f"{path}: cannot read without pickle ({error})") from error
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            columns = {name: loaded[name] for name in loaded.files}
+            for name, column in columns.items():
+                if column.ndim != 1:
+                    raise DataError(
+                        f"{path}: array {name!r} must be one column (1-D), got shape {column.shape}"
+                    )
+            if len({len(column) for column in columns.values()}) > 1:
+                raise DataError(f"{path}: the arrays differ in length")
+            return columns
+        if loaded.ndim != 2:
+            raise DataError(f"{path}: expected a 2-D array (rows x columns), got shape {loaded.shape}")
+        return {str(i): loaded[:, i] for i in range(loaded.shape[1])}
+
+    def where(self, column: str, row: int) -> str:
+        """A human pointer to one cell: a line number for CSV, a row index otherwise."""
+        return f"{self.path}, column {column!r}, " + (f"line {row + 2}" if self.csv else f"row {row}")
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in self.columns:
+            hint = " (columns of .npy files are named by index: '0', '1', ...)" if not self.csv else ""
+            raise DataError(f"{self.path}: no column {name!r}; it has {', '.join(self.columns)}{hint}")
+        return self.columns[name]
+
+    def numbers(self, names: list[str]) -> np.ndarray:
+        """The named columns as float32 ``[rows, len(names)]``; every value must be a finite number."""
+        out = np.empty((self.num_rows, len(names)), dtype=np.float32)
+        for j, name in enumerate(names):
+            column = self.column(name)
+            try:
+                out[:, j] = column.astype(np.float64)
+            except ValueError:
+                bad = next(i for i, value in enumerate(column) if not _is_number(value))
+                raise DataError(f"{self.where(name, bad)}: {str(column[bad])!r} is not a number") from None
+            infinite = np.flatnonzero(~np.isfinite(out[:, j]))
+            if len(infinite):
+                raise DataError(
+                    f"{self.where(name, infinite[0])}: {column[infinite[0]]} is not a finite number"
+                )
+        return out
+
+    def labels(self, name: str) -> np.ndarray:
+        """The label column as strings ("1", not "1.0", for whole numbers)."""
+        column = self.column(name)
+        if column.dtype.kind in "iub":
+            return column.astype(str)
+        if column.dtype.kind == "f":
+            return np.array([f"{value:g}" for value in column])
+        return np.char.strip(column.astype(str))
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _natural_order(values: list[str]) -> list[str]:
+    """Numbers numerically, anything else alphabetically: 0 < 1, False < True, ham < spam, no < yes."""
+    if all(_is_number(value) for value in values):
+        return sorted(values, key=float)
+    return sorted(values)
+
+
+class TabularDataModule(InMemoryDataModule):
+    """Trains on a table of your own: ``path`` is a CSV with a header row, an ``.npz`` of named 1-D arrays,
+    or a 2-D ``.npy`` (columns named ``"0"``, ``"1"``, ...).
+
+    ``label_column`` holds two distinct values of any kind (0/1, yes/no, spam/ham, True/False).
+    ``label_names: [negative, positive]`` says which is class 0 and which class 1; by default they are
+    sorted (numbers numerically, text alphabetically) and the mapping is printed. ``feature_columns``
+    defaults to every column but the label (and ``id_column``).
+
+    Without ``test_path`` the file is split into train / validation / test, stratified by label, with
+    ``val_fraction`` and ``test_fraction`` of each class and the given ``seed``. Features are standardised
+    with the training split's mean and standard deviation. The label names, feature columns and those
+    statistics are saved in every checkpoint, so ``test`` and ``predict`` reuse them.
+
+    ``predict_path`` is a file with the same feature columns (a label column is ignored); predictions are
+    written with its ``id_column`` values if given, else its row numbers, and the label names.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        label_column: str = "label",
+        feature_columns: list[str] | None = None,
+        label_names: list[str] | None = None,
+        id_column: str | None = None,
+        test_path: str | None = None,
+        predict_path: str | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        batch_size: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, seed)
+        if not 0 < val_fraction < 1:
+            raise DataError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+        if test_path is None and not (0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise DataError(
+                f"test_fraction must be above 0 and leave rows for training, got val_fraction={val_fraction} "
+                f"and test_fraction={test_fraction}"
+            )
+        if label_names is not None and (len(label_names) != 2 or label_names[0] == label_names[1]):
+            raise DataError(
+                f"label_names must be two different values [negative, positive], got {label_names}"
+            )
+        self.save_hyperparameters()
+        self.path = Path(path)
+        self.label_column = label_column
+        self.id_column = id_column
+        self.test_path = Path(test_path) if test_path else None
+        self.predict_path = Path(predict_path) if predict_path else None
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+
+        # Read and check the training file now, so that bad data stops the command before a run starts,
+        # and so that input_dim is known when the CLI builds the network.
+        table = Table(self.path)
+        labels = table.labels(label_column)
+        values = _natural_order(sorted(set(labels.tolist())))
+        if len(values) != 2:
+            shown = ", ".join(repr(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+            raise DataError(
+                f"{self.path}: column {label_column!r} has {len(values)} distinct value(s) ({shown}); "
+                "a binary classifier needs exactly 2"
+            )
+        if label_names is None:
+            self.label_names = values
+        else:
+            self.label_names = [str(name) for name in label_names]
+            unknown = sorted(set(values) - set(self.label_names))
+            if unknown:
+                raise DataError(
+                    f"{self.path}: label value(s) {unknown} are not in label_names {self.label_names}"
+                )
+        excluded = {label_column, id_column}
+        self.feature_columns = feature_columns or [name for name in table.columns if name not in excluded]
+        if not self.feature_columns:
+            raise DataError(f"{self.path}: no feature columns besides the label {label_column!r}")
+        self._data = LabelledData(
+            torch.from_numpy(table.numbers(self.feature_columns)), self._targets(labels)
+        )
+        self._splits = self._split(self._data.targets[:, 0].numpy())
+        if label_names is None:
+            say(
+                f"Labels from {self.path}: 0 = {values[0]!r}, 1 = {values[1]!r} "
+                "(set data.label_names to choose)"
+            )
+        train = self._data.features[self._splits["train"]]
+        self.mean = train.mean(dim=0).tolist()
+        # A constant feature gets scale 1, not a division by zero.
+        self.std = [s if s > 0 else 1.0 for s in train.std(dim=0, correction=0).tolist()]
+        self.predict_ids: list[str] | None = None
+
+    @property
+    def input_dim(self) -> int:
+        """Number of feature columns; the CLI links it to the network's ``input_dim``."""
+        return len(self.feature_columns)
+
+    @property
+    def projection_label(self) -> str:
+        """The x axis of the data histogram, which shows the first feature column."""
+        return f"{self.feature_columns[0]} (first feature)"
+
+    def _targets(self, labels: np.ndarray) -> Tensor:
+        return torch.from_numpy((labels == self.label_names[1]).astype(np.float32)).unsqueeze(1)
+
+    def _split(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """Stratified indices: every split gets its fraction of each class, and at least one row of it."""
+        rng = np.random.default_rng(self.seed)
+        parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+        for label in (0.0, 1.0):
+            rows = rng.permutation(np.flatnonzero(targets == label))
+            num_val = round(self.val_fraction * len(rows))
+            num_test = 0 if self.test_path else round(self.test_fraction * len(rows))
+            if num_val < 1 or (num_test < 1 and not self.test_path) or len(rows) - num_val - num_test < 1:
+                raise DataError(
+                    f"{self.path}: too few rows for the split: label {self.label_names[int(label)]!r} has "
+                    f"{len(rows)}, and train, validation and test each need at least one "
+                    f"(val_fraction={self.val_fraction}, test_fraction={self.test_fraction})"
+                )
+            parts["val"].append(rows[:num_val])
+            parts["test"].append(rows[num_val : num_val + num_test])
+            parts["train"].append(rows[num_val + num_test :])
+        return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
+
+    def _subset(self, name: str) -> LabelledData:
+        return LabelledData(self._data.features[self._splits[name]], self._data.targets[self._splits[name]])
+
+    def _other_file(self, path: Path, labelled: bool) -> tuple[Table, LabelledData]:
+        table = Table(path)
+        features = torch.from_numpy(table.numbers(self.feature_columns))
+        if not labelled:
+            return table, LabelledData(features, torch.zeros(len(features), 1))
+        labels = table.labels(self.label_column)
+        unknown = sorted(set(labels.tolist()) - set(self.label_names))
+        if unknown:
+            raise DataError(
+                f"{path}: label value(s) {unknown} were not seen in training ({self.label_names})"
+            )
+        return table, LabelledData(features, self._targets(labels))
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.train_set = self._subset("train")
+        if stage in ("fit", "validate"):
+            self.val_set = self._subset("val")
+        if stage == "test":
+            self.test_set = (
+                self._other_file(self.test_path, labelled=True)[1] if self.test_path else self._subset("test")
+            )
+        if stage == "predict":
+            if self.predict_path is None:
+                raise DataError("data.predict_path is not set: give the file to predict on")
+            table, data = self._other_file(self.predict_path, labelled=False)
+            self.predict_features = data.features
+            rows = table.column(self.id_column) if self.id_column else np.arange(table.num_rows)
+            self.predict_ids = [str(value) for value in rows]
+
+    def transform(self, features: Tensor) -> Tensor:
+        """Standardise with the training split's statistics (restored from the checkpoint when testing)."""
+        return (features - torch.tensor(self.mean)) / torch.tensor(self.std)
+
+    def prediction_columns(self, index: np.ndarray) -> dict[str, list[Any]]:
+        """What identifies each predicted row in the predictions file."""
+        return {self.id_column or "row": [self.predict_ids[i] for i in index]}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data only, so that checkpoints load with ``weights_only=True``."""
+        return {
+            "label_names": self.label_names,
+            "feature_columns": self.feature_columns,
+            "mean": self.mean,
+            "std": self.std,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["feature_columns"] != self.feature_columns:
+            raise DataError(
+                f"the checkpoint was trained on columns {state['feature_columns']}, "
+                f"but the data now gives {self.feature_columns}"
+            )
+        self.label_names = list(state["label_names"])
+        self.mean = list(state["mean"])
+        self.std = list(state["std"])
