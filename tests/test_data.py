@@ -84,6 +84,11 @@ def test_training_batches_have_the_configured_size():
     assert len(loader) == len(sizes)
 
 
+def test_evaluation_uses_its_own_batch_size():
+    datamodule = make(eval_batch_size=100)
+    assert [len(features) for features, _ in datamodule.val_dataloader()] == [100] * 6
+
+
 def test_evaluation_keeps_stored_order():
     datamodule = make()
     features = torch.cat([features for features, _ in datamodule.val_dataloader()])

@@ -92,10 +92,12 @@ class EpochBatchSampler:
 
 
 class InMemoryBatches:
-    """An iterable of batches, each a tuple of views into the given tensors (``(features, targets)``, or
-    ``(features,)`` when there are no labels to predict).
+    """An iterable of batches, each a tuple of rows of the given tensors (``(features, targets)``, or
+    ``(features, index)`` to predict).
 
-    Each epoch gathers this rank's shard once, then yields slices of it: no per-step copies.
+    The stored order is served as slices (views, no copy); a shuffled or sharded order gathers each batch's
+    rows as it goes, so an epoch never holds a second copy of the data, only the order itself. The batches
+    are on the tensors' device: kept there once, the data needs no host-to-device copy per step.
     """
 
     # Lightning reads these two DataLoader attributes: it calls ``sampler.set_epoch`` before every epoch,
@@ -115,6 +117,11 @@ class InMemoryBatches:
     # On resume Lightning calls ``iter()`` before ``set_epoch``, so an eager ``__iter__`` would reuse epoch 0.
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         shard = self.sampler.shard()
-        tensors = self.tensors if shard is None else tuple(t[shard] for t in self.tensors)
-        for start, stop in self.sampler.batch_bounds(len(tensors[0])):
-            yield tuple(t[start:stop] for t in tensors)
+        if shard is None:
+            for start, stop in self.sampler.batch_bounds(self.sampler.num_samples):
+                yield tuple(t[start:stop] for t in self.tensors)
+            return
+        shard = shard.to(self.tensors[0].device)
+        for start, stop in self.sampler.batch_bounds(len(shard)):
+            rows = shard[start:stop]
+            yield tuple(t[rows] for t in self.tensors)

@@ -11,11 +11,19 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from matplotlib.figure import Figure
+from matplotlib.image import imsave
 from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
 from binclf.gaussians import LabelledData
-from binclf.plotting import data_histogram, logit_curve, posterior_curve, reliability_diagram, roc_curve
+from binclf.plotting import (
+    data_histogram,
+    logit_curve,
+    posterior_curve,
+    reliability_diagram,
+    roc_curve,
+    to_image,
+)
 
 
 def run_dir(trainer: Trainer) -> Path:
@@ -157,13 +165,14 @@ class DiagnosticFigures(Callback):
         directory = run_dir(trainer)
         directory.mkdir(parents=True, exist_ok=True)
         for name, figure in figures.items():
+            image = to_image(figure)
             _atomic_write(
-                directory / f"{name}.png", lambda tmp, f=figure: f.savefig(tmp, format="png", dpi=100)
+                directory / f"{name}.png", lambda tmp, pixels=image: imsave(tmp, pixels, format="png")
             )
             for logger in trainer.loggers:
                 experiment = getattr(logger, "experiment", None)
-                if hasattr(experiment, "add_figure"):
-                    experiment.add_figure(f"figures/{name}", figure, global_step=trainer.global_step)
+                if hasattr(experiment, "add_image"):
+                    experiment.add_image(f"figures/{name}", image, trainer.global_step, dataformats="HWC")
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:

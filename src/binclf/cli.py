@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 from jsonargparse import Namespace
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from binclf import console
@@ -22,6 +22,7 @@ from binclf.networks import MLP, LogisticRegression  # noqa: F401  (--model.netw
 from binclf.tabular import TabularDataModule  # noqa: F401  (--data finds it by name)
 
 _EVALUATING = ("validate", "test", "predict")
+_PROGRESS_REFRESH_STEPS = 10
 
 
 def _log_root(trainer: Namespace) -> Path | None:
@@ -69,6 +70,18 @@ class BinclfCLI(LightningCLI):
             }
         )
         parser.link_arguments("data.input_dim", "model.network.init_args.input_dim", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            # Lightning's default bar redraws, metrics and all, after every step, which costs about as much
+            # as this model's whole training step. Redrawn every few steps it looks the same.
+            kwargs["callbacks"] = [*callbacks, TQDMProgressBar(refresh_rate=_PROGRESS_REFRESH_STEPS)]
+        return super().instantiate_trainer(**kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)

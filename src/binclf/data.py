@@ -50,7 +50,8 @@ class TwoGaussianDataModule(InMemoryDataModule):
 
     In ``dim`` dimensions each class is isotropic; a mean is one number (broadcast) or ``dim`` numbers, and
     ``scale`` is one standard deviation shared by both classes or a pair ``[scale_a, scale_b]``. Sample
-    counts are per class.
+    counts are per class. ``batch_size`` is the training batch (the article's 256); ``eval_batch_size``
+    only splits the validation, test and predict sets, whose metrics do not depend on it.
 
     ``seed`` fixes the data and each epoch's shuffle, whatever the model seed (``seed_everything``), so runs
     that differ only in their model seed see identical batches. Train, validation and test sets are
@@ -70,12 +71,13 @@ class TwoGaussianDataModule(InMemoryDataModule):
         mean_b: float | list[float] = 2.0,
         scale: float | list[float] = 0.2,
         batch_size: int = 256,
+        eval_batch_size: int = 4096,
         num_val_samples: int = 10_000,
         num_test_samples: int = 10_000,
         num_predict_points: int = 1_001,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size, seed)
+        super().__init__(batch_size, eval_batch_size, seed)
         for name, value in [
             ("num_samples", num_samples),
             ("dim", dim),

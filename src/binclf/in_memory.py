@@ -18,13 +18,17 @@ class InMemoryDataModule(LightningDataModule):
     after a checkpoint's state has been restored). Predict batches are ``(features, index)``.
     """
 
-    def __init__(self, batch_size: int, seed: int) -> None:
+    def __init__(self, batch_size: int, eval_batch_size: int, seed: int) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        for name, value in [("batch_size", batch_size), ("eval_batch_size", eval_batch_size)]:
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.batch_size = batch_size
+        # Evaluation batches only split the work: metrics weigh every sample alike whatever their size, and
+        # a few large batches cost far less per epoch than many small ones.
+        self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.train_set: LabelledData | None = None
         self.val_set: LabelledData | None = None
@@ -43,7 +47,7 @@ class InMemoryDataModule(LightningDataModule):
             tensors = tuple(t.to(trainer.strategy.root_device) for t in tensors)
         sampler = EpochBatchSampler(
             len(tensors[0]),
-            self.batch_size,
+            self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
             seed=self.seed,
             rank=trainer.global_rank if trainer else 0,

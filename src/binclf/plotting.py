@@ -12,9 +12,18 @@ matplotlib.use("Agg")  # figures are written to files and TensorBoard, never sho
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from binclf.metrics import INFORMATIVE_LLR
+
+
+def to_image(figure: Figure) -> np.ndarray:
+    """Draw ``figure`` once, as RGBA pixels ``[height, width, 4]``: one drawing serves both the PNG file and
+    TensorBoard, where saving and ``add_figure`` would each draw it again."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
 
 
 def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.image import imsave
 
-from binclf.plotting import accuracy_against_setting
+from binclf.plotting import accuracy_against_setting, to_image
 
 
 def _ordered(values: list[Any]) -> list[Any]:
@@ -127,9 +128,10 @@ def report(
     }
     writer = SummaryWriter(str(sweep_dir / "summary"))
     for name, figure in figures.items():
+        image = to_image(figure)
         tmp = sweep_dir / f".{name}.png.tmp"
-        figure.savefig(tmp, format="png", dpi=100)
+        imsave(tmp, image, format="png")
         os.replace(tmp, sweep_dir / f"{name}.png")
-        writer.add_figure(f"sweep/{name}", figure)
+        writer.add_image(f"sweep/{name}", image, dataformats="HWC")
     writer.close()
     (sweep_dir / "results.md").write_text(markdown_table(rows, x_key, line_key))

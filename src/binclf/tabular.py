@@ -152,9 +152,10 @@ class TabularDataModule(InMemoryDataModule):
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
         batch_size: int = 64,
+        eval_batch_size: int = 4096,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size, seed)
+        super().__init__(batch_size, eval_batch_size, seed)
         if not 0 < val_fraction < 1:
             raise DataError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
         if test_path is None and not (0 < test_fraction < 1 and val_fraction + test_fraction < 1):
