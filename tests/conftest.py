@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +50,11 @@ def binclf_process(tmp_path: Path):
     """Like ``binclf``, but through the installed console script in a process of its own."""
     script = str(Path(sys.executable).parent / "binclf")
 
-    def run(subcommand: str, *extra: str) -> subprocess.CompletedProcess:
+    def run(subcommand: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         command = [script, subcommand, "-c", str(DEFAULT_CONFIG), *SMALL, *extra]
-        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+        environment = {**os.environ, **(env or {})}
+        return subprocess.run(
+            command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False, env=environment
+        )
 
     return run

@@ -256,3 +256,16 @@ def test_ddp_on_two_cpu_processes_syncs_test_metrics_over_the_whole_test_set(bin
     expected = ((datamodule.log_likelihood_ratio(features) > 0).float() == targets).float().mean().item()
     assert logged == pytest.approx(expected, abs=1e-7)
     assert events.Scalars("test/acc")[-1].value > 0.95
+
+
+def test_a_bad_setting_ends_with_one_line_no_traceback_and_no_run(binclf_process, tmp_path):
+    result = binclf_process("fit", "--data.scale=-1")
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip().splitlines()[-1] == "binclf: error: scale must be positive and finite, got -1.0"
+    )
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "lightning_logs").exists()
+    debug = binclf_process("fit", "--data.scale=-1", env={"BINCLF_DEBUG": "1"})
+    assert debug.returncode != 0
+    assert "Traceback" in debug.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -160,5 +162,19 @@ def run_cli(args: list[str] | None = None) -> BinclfCLI:
 
 
 def cli_main(args: list[str] | None = None) -> None:
-    """Entry point of ``binclf`` and ``python -m binclf``; ``args`` replaces ``sys.argv[1:]``."""
-    run_cli(args)
+    """Entry point of ``binclf`` and ``python -m binclf``; ``args`` replaces ``sys.argv[1:]``.
+
+    Bad input (a setting, a data file, a checkpoint) ends the command with one line on stderr and exit
+    status 2, not a traceback; ``BINCLF_DEBUG=1`` shows the traceback instead.
+    """
+    try:
+        run_cli(args)
+    except (ValueError, OSError, pickle.UnpicklingError) as error:
+        if os.environ.get("BINCLF_DEBUG"):
+            raise
+        # jsonargparse wraps a constructor's own error in its own; the innermost one names the problem.
+        while error.__cause__ or error.__context__:
+            error = error.__cause__ or error.__context__
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"binclf: error: {first_line}", file=sys.stderr)
+        sys.exit(2)
