@@ -1,3 +1,3 @@
-from binclf.cli import cli_main
+from binclf.cli import main
 
-cli_main()
+main()

@@ -27,8 +27,10 @@ def to_image(figure: Figure) -> np.ndarray:
 
 
 def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
-    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
-    axes = figure.add_subplot()
+    figure = Figure(figsize=(6.4, 4.4))
+    # Fixed margins, room enough for this module's labels: a layout engine would measure every text on
+    # every draw, which costs more than the drawing itself.
+    axes = figure.add_axes((0.11, 0.11, 0.86, 0.81))
     axes.set_title(title, fontsize=10)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
@@ -47,8 +49,9 @@ def histogram_on(
 ) -> None:
     """Both classes on the same ``bins`` bins over ``value_range``, with Bayes boundaries where given."""
     edges = np.linspace(*value_range, bins + 1)
-    axes.hist(coordinate_a, bins=edges, alpha=0.6, label="a (label 0)")
-    axes.hist(coordinate_b, bins=edges, alpha=0.6, label="b (label 1)")
+    # One filled outline per class: ``hist`` makes a rectangle per bin, and took 3x as long to build and draw.
+    for coordinate, label in [(coordinate_a, "a (label 0)"), (coordinate_b, "b (label 1)")]:
+        axes.stairs(np.histogram(coordinate, bins=edges)[0], edges, fill=True, alpha=0.6, label=label)
     for i, boundary in enumerate([] if boundaries is None else boundaries):
         axes.axvline(boundary, color="black", linestyle="--", label="Bayes boundary" if i == 0 else None)
 
