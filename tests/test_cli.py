@@ -57,20 +57,6 @@ def test_fit_then_test_and_predict_use_the_best_checkpoint(binclf, tmp_path, cap
     assert boundary == pytest.approx(1.5, abs=0.15)  # the Bayes boundary lies halfway between the means
 
 
-@pytest.mark.parametrize("subcommand", ["test", "validate", "predict"])
-def test_evaluating_before_any_fit_fails_instead_of_scoring_an_untrained_model(binclf, subcommand, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        binclf(subcommand)
-    assert exit_info.value.code not in (0, None)
-    assert "binclf: error: no checkpoint found under lightning_logs" in str(exit_info.value.code)
-
-
-def test_missing_explicit_checkpoint_is_named(binclf):
-    with pytest.raises(SystemExit) as exit_info:
-        binclf("test", "--ckpt_path=nowhere.ckpt")
-    assert "checkpoint file not found: nowhere.ckpt" in str(exit_info.value.code)
-
-
 def test_ckpt_path_last_takes_the_latest_fit_and_skips_evaluation_runs(binclf, tmp_path, capsys):
     binclf("fit")
     binclf("test")  # creates version_1 with no checkpoint in it
@@ -124,9 +110,6 @@ def test_model_seed_changes_weights_but_not_data(binclf):
 def test_torch_threads_setting(binclf):
     binclf("fit", "--trainer.max_epochs=1", "--torch_threads=1")
     assert torch.get_num_threads() == 1
-    with pytest.raises(SystemExit) as exit_info:
-        binclf("fit", "--torch_threads=-1")
-    assert "--torch_threads must be 0 or more" in str(exit_info.value.code)
 
 
 @pytest.mark.parametrize("command", [["binclf"], [sys.executable, "-m", "binclf"]])
@@ -233,29 +216,6 @@ def test_dimension_follows_the_data_through_one_setting(binclf, tmp_path):
     predict = binclf("predict", "--data.dim=3", "--data.mean_b=[2.0, 1.0, 1.0]", "--data.scale=[0.5, 0.6]")
     rows = read_csv(Path(predict.trainer.log_dir) / "predictions.csv")
     assert list(rows[0])[:4] == ["index", "x0", "x1", "x2"]
-
-
-def test_ddp_on_two_cpu_processes_syncs_test_metrics_over_the_whole_test_set(binclf_process, tmp_path):
-    """DDP needs the process boundary: the real console script, two ranks over gloo."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from binclf.data import TwoGaussianDataModule
-
-    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
-    for subcommand in ("fit", "test"):
-        result = binclf_process(subcommand, *ddp)
-        assert result.returncode == 0, result.stderr[-3000:]
-    events = EventAccumulator(str(tmp_path / "lightning_logs" / "version_1"), size_guidance={"scalars": 0})
-    events.Reload()
-    logged = events.Scalars("test/bayes_acc")[-1].value
-    # Computed here in one process over every test point: equal only if the two ranks' shards, synced,
-    # covered each point exactly once.
-    datamodule = TwoGaussianDataModule(num_test_samples=1000)
-    datamodule.setup("test")
-    features, targets = datamodule.test_set
-    expected = ((datamodule.log_likelihood_ratio(features) > 0).float() == targets).float().mean().item()
-    assert logged == pytest.approx(expected, abs=1e-7)
-    assert events.Scalars("test/acc")[-1].value > 0.95
 
 
 def test_a_bad_setting_ends_with_one_line_no_traceback_and_no_run(binclf_process, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -12,14 +13,24 @@ from typing import Any
 
 import torch
 from jsonargparse import Namespace
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from binclf import console
 from binclf.callbacks import DiagnosticFigures, PredictionWriter, run_dir
-from binclf.checkpoints import resolve_checkpoint
-from binclf.console import say
+from binclf.checkpoints import (
+    CheckpointError,
+    SafeCheckpointIO,
+    claim_run_dir,
+    load_checkpoint,
+    resolve_checkpoint,
+    run_version,
+)
+from binclf.console import say, warn
 from binclf.data import TwoGaussianDataModule  # noqa: F401  (imported so that --data finds it by name)
 from binclf.module import BinaryClassifier
 from binclf.networks import MLP, LogisticRegression  # noqa: F401  (--model.network finds them by name)
@@ -27,6 +38,7 @@ from binclf.tabular import TabularDataModule  # noqa: F401  (--data finds it by 
 
 _EVALUATING = ("validate", "test", "predict")
 _PROGRESS_REFRESH_STEPS = 10
+_INTERRUPTED_EXIT = {"Ctrl-C": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
 
 
 def _log_root(trainer: Namespace) -> Path | None:
@@ -44,7 +56,21 @@ def _log_root(trainer: Namespace) -> Path | None:
 
 
 class BinclfCLI(LightningCLI):
-    """LightningCLI whose ``test``, ``validate`` and ``predict`` find the latest run's best checkpoint."""
+    """LightningCLI whose ``test``, ``validate`` and ``predict`` find the latest run's best checkpoint,
+    whose ``fit --ckpt_path last`` resumes the latest run in its own folder, and whose runs each claim a
+    folder of their own and never leave one behind that looks finished when they fail."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._claimed_run: Path | None = None  # the version_N folder this command created
+        self._resumed_version: int | None = None
+        self._created_log_root = False
+        try:
+            super().__init__(*args, **kwargs)  # LightningCLI parses, builds and runs, all in here
+        except BaseException as error:
+            outcome = self._stopped(error)
+            if outcome is error:
+                raise
+            raise outcome from None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -77,6 +103,10 @@ class BinclfCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            kwargs["plugins"] = [*plugins, SafeCheckpointIO()]
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         if config.get("enable_progress_bar") is not False and not any(
@@ -90,32 +120,100 @@ class BinclfCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        if subcommand in _EVALUATING:
+        if subcommand is None:
+            return
+        config = self.config[subcommand]
+        if subcommand in _EVALUATING or config.get("ckpt_path"):
             # Resolved before LightningCLI reads the checkpoint's hyperparameters, so that the model is
             # rebuilt as it was trained, whatever the config says.
-            config = self.config[subcommand]
-            self.config[subcommand].ckpt_path = str(self._find_checkpoint(config))
+            checkpoint = self._find_checkpoint(config)
+            load_checkpoint(checkpoint)  # a damaged or unsafe file stops here, before anything reads it
+            config.ckpt_path = str(checkpoint)
+            root = _log_root(config.trainer)
+            if subcommand == "fit" and root is not None:
+                self._resumed_version = run_version(checkpoint, root)
 
     def _find_checkpoint(self, config: Namespace) -> Path:
         request = config.get("ckpt_path")
         dirpath = config.checkpoint.get("dirpath")
         root = Path(dirpath) if dirpath else _log_root(config.trainer)
         if root is None and request in (None, "best", "last"):
-            sys.exit(
-                "binclf: error: cannot find checkpoints without a logger or --checkpoint.dirpath; "
-                "pass --ckpt_path FILE"
+            raise ValueError(
+                "cannot find checkpoints without a logger or --checkpoint.dirpath; pass --ckpt_path FILE"
             )
-        try:
-            return resolve_checkpoint(request, root, in_run_dirs=not dirpath)
-        except FileNotFoundError as error:
-            sys.exit(f"binclf: error: {error}")
+        return resolve_checkpoint(request, root, in_run_dirs=not dirpath)
 
     def before_instantiate_classes(self) -> None:
         threads = self._get(self.config, "torch_threads")
         if threads < 0:
-            sys.exit(f"binclf: error: --torch_threads must be 0 or more, got {threads}")
+            raise ValueError(f"--torch_threads must be 0 or more, got {threads}")
         if threads:
             torch.set_num_threads(threads)
+        self._choose_run_dir(self.config[self.subcommand].trainer)
+
+    def _choose_run_dir(self, trainer: Namespace) -> None:
+        """Point the logger at the resumed run's folder, or at a ``version_N`` claimed here for this run.
+
+        Applies to Lightning's default logger and to a TensorBoardLogger or CSVLogger without a version;
+        other loggers name their own folders.
+        """
+        logger = trainer.get("logger")
+        default = logger is None or logger is True
+        versioned = isinstance(logger, Namespace) and str(logger.get("class_path")).endswith(
+            (".TensorBoardLogger", ".CSVLogger")
+        )
+        if not (default or (versioned and logger.init_args.get("version") is None)):
+            return
+        root = _log_root(trainer)
+        if self._resumed_version is not None:
+            version = self._resumed_version
+            # The run's config.yaml is rewritten: the same settings, now with the --ckpt_path it resumed from.
+            self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
+        elif rank_zero_only.rank == 0:
+            self._created_log_root = not root.exists()
+            version = claim_run_dir(root)
+            self._claimed_run = root / f"version_{version}"
+        else:
+            return  # other DDP ranks write no logs; Lightning hands them rank 0's folder
+        if default:
+            # What Lightning's default logger would be, but for the version.
+            save_dir = trainer.get("default_root_dir") or os.getcwd()
+            trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                init_args=Namespace(save_dir=str(save_dir), name=root.name, version=version),
+            )
+        else:
+            logger.init_args.version = version
+
+    def _stopped(self, error: BaseException) -> BaseException:
+        """Tidy up after a command that failed or was stopped, and say what is left; returns what to raise.
+
+        A folder this command created and that holds no checkpoint is removed: a config and a few events
+        would look like a finished run. One with checkpoints is kept, since it can be resumed or tested.
+        """
+        trainer = getattr(self, "trainer", None)
+        signal_name = None
+        if isinstance(error, SIGTERMException):
+            signal_name = "SIGTERM"
+        elif isinstance(error, SystemExit) and error.code == 1 and getattr(trainer, "interrupted", False):
+            signal_name = "Ctrl-C"  # Lightning's graceful shutdown after a KeyboardInterrupt
+        run = self._claimed_run
+        if run is None and self._resumed_version is not None:
+            run = _log_root(self.config[self.subcommand].trainer) / f"version_{self._resumed_version}"
+        checkpoints = sorted((run / "checkpoints").glob("*.ckpt")) if run is not None else []
+        if run is not None and run == self._claimed_run and not checkpoints and run.is_dir():
+            shutil.rmtree(run, ignore_errors=True)
+            if self._created_log_root and not any(run.parent.iterdir()):
+                run.parent.rmdir()
+        elif checkpoints and self.subcommand == "fit":
+            epoch = f" at epoch {trainer.current_epoch}" if trainer is not None else ""
+            warn(f"the run stopped{epoch}; its checkpoints are kept in {run / 'checkpoints'}")
+            if signal_name is not None:
+                warn("resume it with the same command and --ckpt_path last")
+        if signal_name is not None:
+            warn(f"stopped by {signal_name}")
+            return SystemExit(_INTERRUPTED_EXIT[signal_name])
+        return error
 
     def _ckpt_path(self) -> str:
         return self.config[self.subcommand].ckpt_path
@@ -163,23 +261,36 @@ def run_cli(args: list[str] | None = None) -> BinclfCLI:
     )
 
 
+def _reason(error: BaseException) -> str:
+    """The line of ``error`` that names the problem."""
+    # jsonargparse wraps a constructor's own error in its own; the innermost one names the problem.
+    while not isinstance(error, CheckpointError) and (error.__cause__ or error.__context__):
+        error = error.__cause__ or error.__context__
+    lines = [line.strip() for line in str(error).strip().splitlines()] or [type(error).__name__]
+    if lines[0].startswith("Does not validate against any of the Union subtypes"):
+        # A class given by class_path: one "- reason" per type the setting allows; None is always one.
+        reasons = [line[2:] for line in lines if line.startswith("- ") and "NoneType" not in line]
+        return reasons[0] if reasons else lines[0]
+    return lines[0]
+
+
 def cli_main(args: list[str] | None = None) -> None:
     """Entry point of ``binclf`` and ``python -m binclf``; ``args`` replaces ``sys.argv[1:]``.
 
     Bad input (a setting, a data file, a checkpoint) ends the command with one line on stderr and exit
-    status 2, not a traceback; ``BINCLF_DEBUG=1`` shows the traceback instead.
+    status 2, a diverged run with such a line and status 1, not a traceback; ``BINCLF_DEBUG=1`` shows the
+    traceback instead.
     """
     try:
         run_cli(args)
-    except (ValueError, OSError, pickle.UnpicklingError) as error:
+    except (ValueError, OSError, pickle.UnpicklingError, FloatingPointError) as error:
         if os.environ.get("BINCLF_DEBUG"):
             raise
-        # jsonargparse wraps a constructor's own error in its own; the innermost one names the problem.
-        while error.__cause__ or error.__context__:
-            error = error.__cause__ or error.__context__
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        print(f"binclf: error: {first_line}", file=sys.stderr)
-        sys.exit(2)
+        print(f"binclf: error: {_reason(error)}", file=sys.stderr)
+        sys.exit(1 if isinstance(error, FloatingPointError) else 2)
+    except KeyboardInterrupt:  # before or after Lightning's own handling, which covers the run itself
+        print("binclf: stopped by Ctrl-C", file=sys.stderr)
+        sys.exit(_INTERRUPTED_EXIT["Ctrl-C"])
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ CLI) get the same filters.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Mapping
 
@@ -16,6 +17,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 def say(message: str) -> None:
     """Print once, not once per DDP process."""
     print(message)
+
+
+@rank_zero_only
+def warn(message: str) -> None:
+    """Print once to stderr, prefixed ``binclf:``: for what a user must know after a failure."""
+    print(f"binclf: {message}", file=sys.stderr)
 
 
 class _DropMessages(logging.Filter):

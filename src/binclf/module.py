@@ -70,6 +70,13 @@ class BinaryClassifier(LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, _, _ = self.model_step(batch)
+        if not torch.isfinite(loss):
+            # Stop at once: every later step would only spread NaN through the weights, and the checkpoints
+            # saved so far (the best one included) still hold the last finite model.
+            raise FloatingPointError(
+                f"the training loss became {loss.item()} at epoch {self.current_epoch}, step "
+                f"{self.global_step}: training diverged; lower the learning rate (--model.optimizer.lr)"
+            )
         # ``self.log`` costs about as much as this model's whole step, so call it only on the steps that the
         # logger records (Lightning's own rule: every ``log_every_n_steps`` optimizer steps).
         every = self.trainer.log_every_n_steps
@@ -141,6 +148,22 @@ class BinaryClassifier(LightningModule):
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
         logits = self(batch[0])
         return {"probability": torch.sigmoid(logits), "logit": logits}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Checked before Lightning loads the weights, whose own error is a page of tensor shapes.
+        stored = checkpoint.get("state_dict", {})
+        expected = self.state_dict()
+        for name, tensor in expected.items():
+            if name not in stored:
+                raise ValueError(f"the checkpoint does not fit this model: it has no {name}")
+            if stored[name].shape != tensor.shape:
+                raise ValueError(
+                    f"the checkpoint does not fit this model: {name} is {list(stored[name].shape)} in the "
+                    f"checkpoint but {list(tensor.shape)} here (were --data or --model settings changed?)"
+                )
+        extra = sorted(set(stored) - set(expected))
+        if extra:
+            raise ValueError(f"the checkpoint does not fit this model: it has {extra[0]}, which this lacks")
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())

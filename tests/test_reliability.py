@@ -1,0 +1,244 @@
+"""Nothing lost, nothing let in: divergence, interruption and exact resume, torn and crafted checkpoints,
+and runs started together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DEFAULT_CONFIG, SMALL
+
+from binclf.checkpoints import CheckpointError, SafeCheckpointIO, load_checkpoint
+from binclf.cli import cli_main
+
+SCRIPT = str(Path(sys.executable).parent / "binclf")
+LONG = [*SMALL, "--trainer.max_epochs=30"]  # long enough that a signal sent after epoch 2 lands mid-run
+
+
+def _network_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(checkpoint)["state_dict"]
+    return {name: tensor for name, tensor in state.items() if name.startswith("network.")}
+
+
+def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [SCRIPT, "fit", "-c", str(DEFAULT_CONFIG), *LONG, *extra]
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+
+
+def _checkpoints(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+
+
+def test_divergence_stops_at_once_and_the_best_checkpoint_keeps_the_last_finite_model(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["binclf"])
+    # The learning rate jumps by 1e20 after two epochs: finite training, then NaN within a step or two.
+    blow_up = [
+        "--model.lr_scheduler=torch.optim.lr_scheduler.StepLR",
+        "--model.lr_scheduler.step_size=2",
+        "--model.lr_scheduler.gamma=1e20",
+    ]
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", "-c", str(DEFAULT_CONFIG), *SMALL, "--trainer.max_epochs=10", *blow_up])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("binclf: error: the training loss became nan at epoch 2")
+    run = tmp_path / "lightning_logs" / "version_0"
+    # Stopped in epoch 2: no checkpoint after epoch 1, and the best one holds finite weights.
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 1
+    [best] = (run / "checkpoints").glob("epoch=*.ckpt")
+    assert load_checkpoint(best)["epoch"] <= 1
+    assert all(torch.isfinite(t).all() for t in _network_weights(best).values())
+    capsys.readouterr()
+    cli_main(["test", "-c", str(DEFAULT_CONFIG), *SMALL])
+    assert "Testing checkpoint lightning_logs/version_0/checkpoints/epoch=1" in capsys.readouterr().out
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["binclf"])
+    marker = tmp_path / "payload_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"state_dict": {}, "hyper_parameters": {"network": Payload()}}, tmp_path / "crafted.ckpt")
+    for subcommand in ("test", "predict", "fit"):
+        with pytest.raises(SystemExit) as exit_:
+            cli_main([subcommand, "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path", "crafted.ckpt"])
+        assert exit_.value.code == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("binclf: error: refused to load checkpoint crafted.ckpt")
+        assert "GLOBAL posix.system" in last
+    with pytest.raises(CheckpointError):  # the same guard sits under Lightning's own loading
+        SafeCheckpointIO().load_checkpoint(tmp_path / "crafted.ckpt")
+    assert not marker.exists()
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_what_binclf_saves_in_a_checkpoint_is_plain_data(binclf, tmp_path):
+    binclf("fit", "--trainer.max_epochs=1")
+    for checkpoint in (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt"):
+        state = torch.load(checkpoint, weights_only=True)  # raises on anything but plain data
+        assert state["hyper_parameters"]["network"]["class_path"] == "binclf.networks.MLP"
+
+
+def test_a_save_cut_short_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    io = SafeCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def dies_mid_write(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+    assert io.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # the torn temporary file is gone
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """Final weights of the run that the interrupted ones must reproduce bit for bit."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    result = _run(root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return _network_weights(root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signal_number", "status", "message"),
+    [
+        (signal.SIGINT, 130, "binclf: stopped by Ctrl-C"),
+        (signal.SIGTERM, 143, "binclf: stopped by SIGTERM"),
+        (signal.SIGKILL, -signal.SIGKILL, None),
+    ],
+    ids=["ctrl-c", "sigterm", "sigkill"],
+)
+def test_a_stopped_run_resumes_in_its_folder_to_bit_identical_weights(
+    uninterrupted, tmp_path, signal_number, status, message
+):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    command = [SCRIPT, "fit", "-c", str(DEFAULT_CONFIG), *LONG]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    run = tmp_path / "lightning_logs" / "version_0"
+    deadline = time.monotonic() + 120
+    while not list((run / "checkpoints").glob("epoch=2-*.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal_number)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == status, err[-2000:]
+    if message:
+        assert "Traceback" not in err
+        assert err.strip().splitlines()[-1] == message
+        assert "resume it with the same command and --ckpt_path last" in err
+    stopped_at = load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"]
+    assert 2 <= stopped_at < 29  # a usable checkpoint, from before the end
+
+    resumed = _run(tmp_path, "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]
+    final = _network_weights(run / "checkpoints" / "last.ckpt")
+    assert all(torch.equal(final[name], uninterrupted[name]) for name in uninterrupted)
+    # TensorBoard shows one run: the resumed events continue the curves of the first part.
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    assert len({event.step for event in events.Scalars("val/acc")}) == 30  # every epoch's validation
+
+
+@pytest.mark.slow
+def test_runs_started_together_get_folders_of_their_own(tmp_path):
+    command = [SCRIPT, "fit", "-c", str(DEFAULT_CONFIG), *SMALL]
+    processes = [
+        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-2000:]
+    runs = sorted((tmp_path / "lightning_logs").iterdir())
+    assert [run.name for run in runs] == ["version_0", "version_1"]
+    for run in runs:
+        assert len(list(run.glob("events.out.tfevents.*"))) == 1
+        assert (run / "config.yaml").is_file()
+        assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 2
+    # Both ran the same seed on the same data: equal weights show neither wrote into the other's files.
+    first, second = (_network_weights(run / "checkpoints" / "last.ckpt") for run in runs)
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_share_each_epoch_and_sync_their_metrics(binclf_process, tmp_path, monkeypatch):
+    """Two ranks over gloo, through the real console script: the process boundary is the point."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from binclf.cli import run_cli
+    from binclf.data import TwoGaussianDataModule
+    from binclf.networks import MLP
+
+    # Per-rank batches of 32: with gradients averaged over both ranks, each step sees 64 samples, as the
+    # single-process run below does.
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    ddp.append("--data.batch_size=32")
+    recorder = ["--trainer.callbacks+=recording.RecordTrainingBatches"]
+    env = {"PYTHONPATH": str(Path(__file__).parent)}
+    fit = binclf_process("fit", *ddp, *recorder, env=env)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    test = binclf_process("test", *ddp, env=env)
+    assert test.returncode == 0, test.stderr[-3000:]
+
+    datamodule = TwoGaussianDataModule(num_samples=1000, num_val_samples=500, num_test_samples=1000)
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    train = datamodule.train_set.features[:, 0]
+    for epoch in range(3):
+        shards = [torch.load(tmp_path / f"seen.rank{rank}.epoch{epoch}.pt")[:, 0] for rank in (0, 1)]
+        assert len(shards[0]) == len(shards[1]) == len(train) // 2
+        # Together, each training sample exactly once: disjoint shards that cover the set.
+        assert torch.equal(torch.cat(shards).sort().values, train.sort().values)
+    reshuffled = [torch.load(tmp_path / f"seen.rank0.epoch{epoch}.pt") for epoch in (0, 1)]
+    assert not torch.equal(*reshuffled)
+
+    # Validation and test metrics cover every point of their sets, not one rank's half: each logged value
+    # equals the same metric computed here, in one process, over the whole set.
+    fit_run = EventAccumulator(str(tmp_path / "lightning_logs" / "version_0"), size_guidance={"scalars": 0})
+    fit_run.Reload()
+    weights = _network_weights(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    network = MLP()
+    network.load_state_dict({name.removeprefix("network."): tensor for name, tensor in weights.items()})
+    features, targets = datamodule.val_set
+    with torch.no_grad():
+        val_acc = ((network(features) > 0).float() == targets).float().mean().item()
+    assert max(fit_run.Scalars("val/acc"), key=lambda e: e.step).value == pytest.approx(val_acc, abs=1e-6)
+    test_run = EventAccumulator(str(tmp_path / "lightning_logs" / "version_1"), size_guidance={"scalars": 0})
+    test_run.Reload()
+    features, targets = datamodule.test_set
+    bayes = ((datamodule.log_likelihood_ratio(features) > 0).float() == targets).float().mean().item()
+    assert test_run.Scalars("test/bayes_acc")[-1].value == pytest.approx(bayes, abs=1e-7)
+
+    # Test accuracy as a single process gets it, within noise (3 standard errors of a difference).
+    (tmp_path / "single").mkdir()
+    monkeypatch.chdir(tmp_path / "single")
+    monkeypatch.setattr(sys, "argv", ["binclf"])
+    run_cli(["fit", "-c", str(DEFAULT_CONFIG), *SMALL])
+    single = run_cli(["test", "-c", str(DEFAULT_CONFIG), *SMALL]).trainer.callback_metrics["test/acc"].item()
+    ddp_acc = test_run.Scalars("test/acc")[-1].value
+    n = len(targets)
+    assert abs(ddp_acc - single) <= 3 * (2 * single * (1 - single) / n) ** 0.5 + 1 / n
