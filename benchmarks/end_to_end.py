@@ -1,9 +1,9 @@
 """Target 1: the whole ``binclf fit -c configs/default.yaml`` process against the whole bare-loop process.
 
 binclf keeps everything a user gets on (per-epoch validation, TensorBoard, checkpoints, figures); the bare
-loop (``benchmarks/plain_loop.py``) has none of it. The two run interleaved, ``--repeats`` times each, so
-that a slow spell of the machine hits both. Reports median wall times and the median of the pairwise
-ratio binclf / bare loop. Target: ratio <= 1.0.
+loop (``benchmarks/plain_loop.py``) has none of it. The two run interleaved, ``--repeats`` times each and
+in turns that start with each command in rotation, so that a slow spell of the machine hits both.
+Reports median wall times and the median of the pairwise ratio binclf / bare loop. Target: ratio <= 1.0.
 
     python benchmarks/end_to_end.py [--repeats 3] [--reference OTHER_LOOP.py]
 
@@ -50,8 +50,12 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in commands}
     accuracy: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for _ in range(args.repeats):
-            for name, command in commands.items():
+        for repeat in range(args.repeats):
+            # Each round starts with another command, so that no command always runs on a machine just
+            # warmed up (or slowed down) by the same neighbour.
+            names = list(commands)
+            for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+                command = commands[name]
                 seconds, out = timed(command, Path(scratch))
                 times[name].append(seconds)
                 if name != "binclf fit":
