@@ -68,10 +68,13 @@ CASES = {
     "batch size zero": ("fit", ["--data.batch_size=0"], "batch_size"),
     "evaluation batch size zero": ("fit", ["--data.eval_batch_size=0"], "eval_batch_size"),
     "no validation samples": ("fit", ["--data.num_val_samples=0"], "num_val_samples"),
+    "no test samples": ("fit", ["--data.num_test_samples=0"], "num_test_samples"),
+    "no predict points": ("fit", ["--data.num_predict_points=0"], "num_predict_points"),
     "negative data seed": ("fit", ["--data.seed=-1"], "seed"),
     "hidden layer of width zero": ("fit", ["--model.network.hidden_sizes=[0]"], "hidden_sizes"),
     "negative learning rate": ("fit", ["--model.optimizer.lr=-1"], "learning rate"),
     "one histogram bin": ("fit", ["--figures.bins=1"], "bins"),
+    "one calibration bin": ("fit", ["--figures.calibration_bins=1"], "calibration_bins"),
     "threshold outside (0, 1)": ("fit", ["--predictions.threshold=1.5"], "threshold"),
     "negative thread count": ("fit", ["--torch_threads=-1"], "torch_threads"),
     "missing data file": (
