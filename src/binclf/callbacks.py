@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +13,7 @@ from matplotlib.image import imsave
 from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
+from binclf.checkpoints import atomic_write
 from binclf.gaussians import LabelledData
 from binclf.plotting import (
     data_histogram,
@@ -35,13 +34,6 @@ def run_dir(trainer: Trainer) -> Path:
     logger = trainer.logger
     log_dir = getattr(logger, "log_dir", None) if logger is not None else None
     return Path(log_dir or trainer.default_root_dir)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file, so that a crash never leaves a half-written file under ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _logits(pl_module: LightningModule, features: Tensor, chunk: int = 65_536) -> Tensor:
@@ -166,7 +158,7 @@ class DiagnosticFigures(Callback):
         directory.mkdir(parents=True, exist_ok=True)
         for name, figure in figures.items():
             image = to_image(figure)
-            _atomic_write(
+            atomic_write(
                 directory / f"{name}.png", lambda tmp, pixels=image: imsave(tmp, pixels, format="png")
             )
             for logger in trainer.loggers:
@@ -252,4 +244,4 @@ class PredictionWriter(Callback):
                     row = [column[k] for column in identity.values()]
                     writer.writerow([*row, str(logits[i, 0]), str(probability), label])
 
-        _atomic_write(self.path, write)
+        atomic_write(self.path, write)

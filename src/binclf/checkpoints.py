@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,18 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
 _VERSION = re.compile(r"version_(\d+)")
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` to a temporary file beside ``path``, then rename it over ``path``: a process killed
+    mid-write leaves the old file whole, never a torn one. The name carries the process id, so processes
+    writing the same file never share a temporary one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class CheckpointError(ValueError):
@@ -51,9 +64,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint I/O, made safe for files on local disk.
 
-    - Save: to a temporary file in the same folder, then renamed over the old one. A process killed
-      mid-write leaves the previous checkpoint whole (and a stray ``.tmp`` file), never a torn one.
-      (No fsync: this guards against a killed process, not against a power cut.)
+    - Save: :func:`atomic_write`. A process killed mid-write leaves the previous checkpoint whole (and
+      a stray ``.tmp`` file). No fsync: this guards against a killed process, not against a power cut.
     - Load: :func:`load_checkpoint`, plain data only.
     """
 
@@ -63,12 +75,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
         # ``weights_only`` is ignored on purpose: every load here is plain data only.
