@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from binclf.callbacks import DiagnosticFigures, PredictionWriter
+from binclf.cli import run_cli
 from binclf.networks import MLP
 
 
@@ -110,6 +112,31 @@ def test_model_seed_changes_weights_but_not_data(binclf):
 def test_torch_threads_setting(binclf):
     binclf("fit", "--trainer.max_epochs=1", "--torch_threads=1")
     assert torch.get_num_threads() == 1
+
+
+def test_each_callback_is_attached_only_to_the_subcommands_where_it_acts(binclf):
+    def ours(cli) -> set[type]:
+        return {type(callback) for callback in cli.trainer.callbacks} & {DiagnosticFigures, PredictionWriter}
+
+    assert ours(binclf("fit", "--trainer.max_epochs=1")) == {DiagnosticFigures}
+    assert ours(binclf("test")) == {DiagnosticFigures}
+    assert ours(binclf("predict")) == {PredictionWriter}
+    assert ours(binclf("validate")) == set()
+
+
+def test_help_and_mistakes_see_every_subcommand(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["binclf"])
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--help"])
+    assert "--trainer.max_epochs" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run_cli(["--help"])
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in ("fit", "validate", "test", "predict"))
+    with pytest.raises(SystemExit):
+        run_cli(["fitt"])
+    choices = "(choose from 'fit', 'validate', 'test', 'predict')"
+    assert f"invalid choice: 'fitt' {choices}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [["binclf"], [sys.executable, "-m", "binclf"]])

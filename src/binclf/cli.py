@@ -15,7 +15,7 @@ import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -37,7 +37,7 @@ from binclf.networks import MLP, LogisticRegression  # noqa: F401  (--model.netw
 from binclf.tabular import TabularDataModule  # noqa: F401  (--data finds it by name)
 
 _EVALUATING = ("validate", "test", "predict")
-_PROGRESS_REFRESH_STEPS = 10
+_ACTS_IN = {DiagnosticFigures: ("fit", "test"), PredictionWriter: ("predict",)}  # the subcommands they act in
 _INTERRUPTED_EXIT = {"Ctrl-C": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
 
 
@@ -64,6 +64,9 @@ class BinclfCLI(LightningCLI):
         self._claimed_run: Path | None = None  # the version_N folder this command created
         self._resumed_version: int | None = None
         self._created_log_root = False
+        command_line = sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]
+        first = command_line[0] if isinstance(command_line, list) and command_line else None
+        self._named_subcommand = first if first in LightningCLI.subcommands() else None
         try:
             super().__init__(*args, **kwargs)  # LightningCLI parses, builds and runs, all in here
         except BaseException as error:
@@ -71,6 +74,14 @@ class BinclfCLI(LightningCLI):
             if outcome is error:
                 raise
             raise outcome from None
+
+    def subcommands(self) -> dict[str, set[str]]:  # an instance method here: it reads the command line
+        """The subcommand that the command line names first, else all four (for ``binclf --help`` and for
+        mistakes). Each subcommand's parser holds every Trainer, model and data setting and takes about
+        0.1 s to build: most of LightningCLI's start-up."""
+        every = LightningCLI.subcommands()
+        named = self._named_subcommand
+        return {named: every[named]} if named else every
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -112,10 +123,13 @@ class BinclfCLI(LightningCLI):
         if config.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):
-            # Lightning's default bar redraws, metrics and all, after every step, which costs about as much
-            # as this model's whole training step. Redrawn every few steps it looks the same.
-            kwargs["callbacks"] = [*callbacks, TQDMProgressBar(refresh_rate=_PROGRESS_REFRESH_STEPS)]
-        return super().instantiate_trainer(**kwargs)
+            kwargs["callbacks"] = [*callbacks, console.TimedProgressBar()]
+        trainer = super().instantiate_trainer(**kwargs)
+        # Lightning calls every hook of every callback, acting or not: six per training step, ~5 µs each.
+        trainer.callbacks = [
+            c for c in trainer.callbacks if self.subcommand in _ACTS_IN.get(type(c), (self.subcommand,))
+        ]
+        return trainer
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)

@@ -58,6 +58,15 @@ class BinaryClassifier(LightningModule):
         self.test_llr_rmse = MeanSquaredError(squared=False)
         self._oracle: Callable[[Tensor], Tensor] | None = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning records the running hook in ``_current_fx_name`` before and after every hook call, about
+        # 44 times per training step. ``nn.Module.__setattr__`` first checks the value against parameters,
+        # buffers and submodules (~4 µs a time); a hook's name is none of those, so it is stored directly.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[n, 1]``: the inference path."""
         return self.network(x)
