@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.profilers import PassThroughProfiler, SimpleProfiler
 
 from binclf.callbacks import DiagnosticFigures, PredictionWriter
 from binclf.cli import run_cli
@@ -122,6 +123,13 @@ def test_each_callback_is_attached_only_to_the_subcommands_where_it_acts(binclf)
     assert ours(binclf("test")) == {DiagnosticFigures}
     assert ours(binclf("predict")) == {PredictionWriter}
     assert ours(binclf("validate")) == set()
+
+
+def test_a_configured_profiler_replaces_the_default_one_that_records_nothing(binclf):
+    assert isinstance(binclf("fit", "--trainer.max_epochs=1").trainer.profiler, PassThroughProfiler)
+    profiled = binclf("fit", "--trainer.max_epochs=1", "--trainer.profiler=simple").trainer.profiler
+    assert isinstance(profiled, SimpleProfiler)
+    assert "run_training_batch" in profiled.recorded_durations
 
 
 def test_help_and_mistakes_see_every_subcommand(monkeypatch, capsys):
