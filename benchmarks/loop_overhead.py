@@ -3,8 +3,10 @@
 Both run in this process on the article's data and network (70 epochs of 79 steps, one torch thread):
 
 - floor: a plain PyTorch loop over binclf's in-memory batches (the same shuffles), no Lightning;
-- Lightning, loop only: ``Trainer.fit`` with validation, logging and checkpoints off;
-- Lightning, as configured: validation every epoch, TensorBoard, checkpoints and figures, as ``binclf fit``.
+- Lightning, loop only: ``Trainer.fit`` with validation, logging, checkpoints and progress bar off;
+- binclf fit: the whole command ``binclf fit -c configs/default.yaml`` run in this process (parsing,
+  building, validation every epoch, TensorBoard, checkpoints, progress bar and figures), its output
+  discarded.
 
     python benchmarks/loop_overhead.py [--epochs 70]
 """
@@ -12,17 +14,19 @@ Both run in this process on the article's data and network (70 epochs of 79 step
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from binclf import console
-from binclf.callbacks import DiagnosticFigures
+from binclf.cli import run_cli
 from binclf.data import TwoGaussianDataModule
 from binclf.module import BinaryClassifier
 from binclf.networks import MLP
@@ -46,33 +50,33 @@ def floor(datamodule: TwoGaussianDataModule, epochs: int) -> tuple[float, int]:
     return time.perf_counter() - start, steps
 
 
-def lightning(
-    datamodule: TwoGaussianDataModule, epochs: int, configured: bool, root: str
-) -> tuple[float, int]:
+def lightning(datamodule: TwoGaussianDataModule, epochs: int, root: str) -> tuple[float, int]:
     seed_everything(0, verbose=False)
     model = BinaryClassifier(MLP())
-    extra = (
-        {"callbacks": [ModelCheckpoint(monitor="val/loss", save_last=True), DiagnosticFigures()]}
-        if configured
-        else {
-            "logger": False,
-            "enable_checkpointing": False,
-            "limit_val_batches": 0,
-            "num_sanity_val_steps": 0,
-        }
-    )
     trainer = Trainer(
         max_epochs=epochs,
         accelerator="cpu",
         devices=1,
         default_root_dir=root,
+        logger=False,
+        enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        **extra,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     return time.perf_counter() - start, trainer.global_step
+
+
+def binclf_fit(epochs: int, root: str) -> tuple[float, int]:
+    config = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    args = ["fit", "-c", str(config), f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={root}"]
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        cli = run_cli(args)
+    return time.perf_counter() - start, cli.trainer.global_step
 
 
 def main() -> None:
@@ -88,8 +92,8 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as root:
         results["floor (bare loop, same batches)"] = floor(datamodule, args.epochs)
-        results["Lightning, loop only"] = lightning(datamodule, args.epochs, configured=False, root=root)
-        results["Lightning, as configured"] = lightning(datamodule, args.epochs, configured=True, root=root)
+        results["Lightning, loop only"] = lightning(datamodule, args.epochs, root)
+        results["binclf fit, whole command"] = binclf_fit(args.epochs, root)
     base = results["floor (bare loop, same batches)"]
     base_per_step = base[0] / base[1]
     print(f"{'':<34}{'seconds':>9}{'steps':>7}{'µs/step':>9}{'ratio':>7}")

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -182,3 +184,18 @@ def test_the_oracle_is_the_article_closed_form_on_the_default_settings():
 def test_invalid_gaussian_settings_name_themselves(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TwoGaussianDataModule(**kwargs)
+
+
+def test_every_batch_is_gathered_on_the_device_its_split_was_moved_to():
+    # On a GPU each split moves to the device once, when its loader is built, and batches are gathered
+    # there: no step copies data from the host. The meta device (shapes, no data) stands in for a GPU.
+    device = torch.device("meta")
+    datamodule = TwoGaussianDataModule(num_samples=256, num_val_samples=64, batch_size=64)
+    datamodule.setup("fit")
+    datamodule.trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=device), global_rank=0, world_size=1
+    )
+    for loader in (datamodule.train_dataloader(), datamodule.val_dataloader()):
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        assert all(tensor.device == device for batch in batches for tensor in batch)

@@ -1,6 +1,6 @@
-"""Console output: what binclf prints, and the Lightning messages that do not apply here, silenced in
-one place. Each filter names one message. The CLI calls this, so DDP child processes (which re-run the
-CLI) get the same filters.
+"""Console output: what binclf prints (the test summary, the progress bar), and the Lightning messages
+that do not apply here, silenced in one place. Each filter names one message. The CLI calls this, so DDP
+child processes (which re-run the CLI) get the same filters.
 """
 
 from __future__ import annotations
