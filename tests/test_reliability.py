@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import DEFAULT_CONFIG, SMALL
 
-from binclf.checkpoints import CheckpointError, SafeCheckpointIO, load_checkpoint
+from binclf.checkpoints import CheckpointError, SafeCheckpointIO, best_checkpoint, load_checkpoint
 from binclf.cli import cli_main
 
 SCRIPT = str(Path(sys.executable).parent / "binclf")
@@ -33,6 +33,19 @@ def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def _checkpoints(run: Path) -> list[str]:
     return sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+
+
+def test_last_checkpoint_is_the_latest_epoch_even_after_epochs_without_improvement(binclf, tmp_path):
+    # At this learning rate the validation loss stops improving after a few epochs (Lightning's own
+    # ``save_last`` would leave last.ckpt at the best epoch then).
+    fit = binclf("fit", "--trainer.max_epochs=12", "--model.optimizer.lr=3.0")
+    checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    best = Path(fit.trainer.checkpoint_callback.best_model_path)
+    assert load_checkpoint(best)["epoch"] < 11  # the premise: the best epoch is not the last
+    assert load_checkpoint(checkpoints / "last.ckpt")["epoch"] == 11
+    assert load_checkpoint(checkpoints / "last.ckpt")["global_step"] == fit.trainer.global_step
+    assert best_checkpoint(checkpoints) == best  # `test` still finds the best one through last.ckpt
+    assert sorted(p.name for p in checkpoints.iterdir()) == sorted([best.name, "last.ckpt"])
 
 
 def test_divergence_stops_at_once_and_the_best_checkpoint_keeps_the_last_finite_model(

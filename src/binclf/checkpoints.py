@@ -96,12 +96,14 @@ def latest_run_checkpoints(root: Path) -> Path | None:
 
 
 def best_checkpoint(directory: Path) -> Path | None:
-    """The best checkpoint recorded by ModelCheckpoint in ``directory/last.ckpt``; else the newest file."""
+    """The best checkpoint recorded in ``directory/last.ckpt`` by a ModelCheckpoint that monitors a metric;
+    else the newest file."""
     last = directory / "last.ckpt"
     if last.is_file():
         state = load_checkpoint(last)
         for key, callback_state in state.get("callbacks", {}).items():
-            if key.startswith("ModelCheckpoint") and callback_state.get("best_model_path"):
+            monitors = key.startswith("ModelCheckpoint") and callback_state.get("monitor")
+            if monitors and callback_state.get("best_model_path"):
                 # By name: the run directory may have moved since the absolute path was recorded.
                 best = directory / Path(callback_state["best_model_path"]).name
                 if best.is_file():

@@ -109,11 +109,18 @@ class BinclfCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/loss",
                 "checkpoint.mode": "min",
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "epoch={epoch}-step={step}-val_loss={val/loss:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        # last.ckpt, the end of the latest epoch, from a second callback: since Lightning 2.6 ``save_last``
+        # writes it only on epochs that also write a best checkpoint, so a run stopped after epochs without
+        # improvement would resume from its best epoch, not its last.
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults(
+            {"last_checkpoint.filename": "last", "last_checkpoint.enable_version_counter": False}
+        )
+        parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
         parser.add_lightning_class_args(DiagnosticFigures, "figures")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.set_defaults(

@@ -48,6 +48,8 @@ def quiet_inapplicable_messages() -> None:
     # `test` and `predict` load a checkpoint from the fit run's folder while logging into a folder of their
     # own; that is by design here.
     warnings.filterwarnings("ignore", message=r".*The dirpath has changed from")
+    # Of binclf's two ModelCheckpoints the first is the one that tracks the best model, as "best" expects.
+    warnings.filterwarnings("ignore", message=r".*configured with multiple `ModelCheckpoint` callbacks")
     # train/loss is logged every log_every_n_steps optimizer steps across epoch boundaries, so short epochs
     # lose no points of the curve.
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval")
