@@ -61,7 +61,8 @@ class TimedProgressBar(TQDMProgressBar):
 
     Lightning's bar redraws, metrics and all, every ``refresh_rate`` batches; for a model this small a
     redraw costs about as much as a training step, and a fixed step count cannot suit both this model's
-    ~300 steps a second and a large model's one. A time limit does, as tqdm's own ``mininterval`` (0.1 s).
+    several hundred steps a second and a large model's one. A time limit does, as tqdm's own
+    ``mininterval`` (0.1 s).
     """
 
     def __init__(self, min_interval: float = 0.1, process_position: int = 0, leave: bool = False) -> None:
