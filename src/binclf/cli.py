@@ -113,7 +113,7 @@ class BinclfCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        # last.ckpt, the end of the latest epoch, from a second callback: since Lightning 2.6 ``save_last``
+        # last.ckpt, the latest validated epoch, from a second callback: since Lightning 2.6 ``save_last``
         # writes it only on epochs that also write a best checkpoint, so a run stopped after epochs without
         # improvement would resume from its best epoch, not its last.
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
