@@ -28,6 +28,22 @@ SMALL = [
 ]
 
 
+@pytest.fixture(scope="session")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``last.ckpt`` of one small fit, shared by the tests that read, damage or imitate a checkpoint.
+    Tests copy it before they change it."""
+    root = tmp_path_factory.mktemp("fitted")
+    cwd, argv = os.getcwd(), sys.argv
+    os.chdir(root)
+    sys.argv = ["binclf"]
+    try:
+        run_cli(["fit", "-c", str(DEFAULT_CONFIG), *SMALL, "--trainer.max_epochs=1"])
+    finally:
+        os.chdir(cwd)
+        sys.argv = argv
+    return root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+
 @pytest.fixture
 def default_config() -> Path:
     return DEFAULT_CONFIG

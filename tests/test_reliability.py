@@ -3,11 +3,12 @@ and runs started together."""
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,12 @@ from binclf.checkpoints import CheckpointError, SafeCheckpointIO, best_checkpoin
 from binclf.cli import cli_main
 
 SCRIPT = str(Path(sys.executable).parent / "binclf")
-LONG = [*SMALL, "--trainer.max_epochs=30"]  # long enough that a signal sent after epoch 2 lands mid-run
+EPOCHS = 6
+LONG = [*SMALL, f"--trainer.max_epochs={EPOCHS}"]
+FAULTS = {
+    **os.environ,
+    "PYTHONPATH": str(Path(__file__).parent),
+}  # tests/faults.py, for processes of their own
 
 
 def _network_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -28,7 +34,9 @@ def _network_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [SCRIPT, "fit", "-c", str(DEFAULT_CONFIG), *LONG, *extra]
-    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False, env=FAULTS
+    )
 
 
 def _checkpoints(run: Path) -> list[str]:
@@ -109,7 +117,15 @@ def test_what_binclf_saves_in_a_checkpoint_is_plain_data(binclf, tmp_path):
 def test_a_save_cut_short_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
     io = SafeCheckpointIO()
     path = tmp_path / "last.ckpt"
-    io.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def checkpoint(epoch: int) -> dict:
+        return {
+            "pytorch-lightning_version": "2.6",
+            "epoch": epoch,
+            "state_dict": {"w": torch.full((3,), epoch)},
+        }
+
+    io.save_checkpoint(checkpoint(1), path)
 
     def dies_mid_write(obj, f, *args, **kwargs):
         Path(f).write_bytes(b"PK\x03\x04 half a zip")
@@ -117,7 +133,7 @@ def test_a_save_cut_short_leaves_the_previous_checkpoint_whole(tmp_path, monkeyp
 
     monkeypatch.setattr(torch, "save", dies_mid_write)
     with pytest.raises(KeyboardInterrupt):
-        io.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+        io.save_checkpoint(checkpoint(2), path)
     assert io.load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # the torn temporary file is gone
 
@@ -133,47 +149,47 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.T
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("signal_number", "status", "message"),
+    ("signal_name", "status", "message"),
     [
-        (signal.SIGINT, 130, "binclf: stopped by Ctrl-C"),
-        (signal.SIGTERM, 143, "binclf: stopped by SIGTERM"),
-        (signal.SIGKILL, -signal.SIGKILL, None),
+        ("SIGINT", 130, "binclf: stopped by Ctrl-C"),
+        ("SIGTERM", 143, "binclf: stopped by SIGTERM"),
+        ("SIGKILL", -signal.SIGKILL, None),
     ],
     ids=["ctrl-c", "sigterm", "sigkill"],
 )
 def test_a_stopped_run_resumes_in_its_folder_to_bit_identical_weights(
-    uninterrupted, tmp_path, signal_number, status, message
+    uninterrupted, tmp_path, signal_name, status, message
 ):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    command = [SCRIPT, "fit", "-c", str(DEFAULT_CONFIG), *LONG]
-    process = subprocess.Popen(
-        command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    run = tmp_path / "lightning_logs" / "version_0"
-    deadline = time.monotonic() + 120
-    while not list((run / "checkpoints").glob("epoch=2-*.ckpt")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal_number)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == status, err[-2000:]
+    # The signal comes from inside the run, at a known point: as epoch 3 starts, after epoch 2's checkpoints.
+    stop = {"class_path": "faults.SignalAtEpochStart", "init_args": {"epoch": 3, "signal_name": signal_name}}
+    stopped = _run(tmp_path, f"--trainer.callbacks+={json.dumps(stop)}")
+    assert stopped.returncode == status, stopped.stderr[-2000:]
     if message:
-        assert "Traceback" not in err
-        assert err.strip().splitlines()[-1] == message
-        assert "resume it with the same command and --ckpt_path last" in err
-    stopped_at = load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"]
-    assert 2 <= stopped_at < 29  # a usable checkpoint, from before the end
+        assert "Traceback" not in stopped.stderr
+        assert stopped.stderr.strip().splitlines()[-1] == message
+        assert "resume it with the same command and --ckpt_path last" in stopped.stderr
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 2
+    config = (run / "config.yaml").read_bytes()
 
     resumed = _run(tmp_path, "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]
     final = _network_weights(run / "checkpoints" / "last.ckpt")
     assert all(torch.equal(final[name], uninterrupted[name]) for name in uninterrupted)
+    # The run's config stays the record of how it began; the resume's config is saved beside it.
+    assert (run / "config.yaml").read_bytes() == config
+    assert (
+        "ckpt_path: lightning_logs/version_0/checkpoints/last.ckpt"
+        in (run / "config.resumed-1.yaml").read_text()
+    )
     # TensorBoard shows one run: the resumed events continue the curves of the first part.
     assert len(list(run.glob("events.out.tfevents.*"))) == 2
     events = EventAccumulator(str(run), size_guidance={"scalars": 0})
     events.Reload()
-    assert len({event.step for event in events.Scalars("val/acc")}) == 30  # every epoch's validation
+    assert len({event.step for event in events.Scalars("val/acc")}) == EPOCHS  # every epoch's validation
 
 
 @pytest.mark.slow
@@ -255,3 +271,116 @@ def test_ddp_ranks_share_each_epoch_and_sync_their_metrics(binclf_process, tmp_p
     ddp_acc = test_run.Scalars("test/acc")[-1].value
     n = len(targets)
     assert abs(ddp_acc - single) <= 3 * (2 * single * (1 - single) / n) ** 0.5 + 1 / n
+
+
+def test_divergence_found_at_validation_stops_before_that_epoch_is_checkpointed(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["binclf"])
+    poison = {"class_path": "faults.PoisonWeightsAtEpoch", "init_args": {"epoch": 1}}
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", "-c", str(DEFAULT_CONFIG), *SMALL, f"--trainer.callbacks+={json.dumps(poison)}"])
+    assert exit_.value.code == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("binclf: error: the validation loss became nan at epoch 1")
+    checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    assert load_checkpoint(checkpoints / "last.ckpt")["epoch"] == 0
+    [best] = checkpoints.glob("epoch=*.ckpt")
+    assert load_checkpoint(best)["epoch"] == 0
+    assert all(torch.isfinite(t).all() for t in _network_weights(best).values())
+    cli_main(["test", "-c", str(DEFAULT_CONFIG), *SMALL])
+    assert f"Testing checkpoint {best.relative_to(tmp_path)}" in capsys.readouterr().out
+
+
+def test_resuming_from_best_starts_a_new_run_and_leaves_the_old_one_alone(binclf, tmp_path, capsys):
+    binclf("fit", "--trainer.max_epochs=4", "--model.optimizer.lr=3.0")  # its best epoch is not its last
+    old = tmp_path / "lightning_logs" / "version_0"
+    before = {path.name: path.read_bytes() for path in old.rglob("*") if path.is_file()}
+    best = next((old / "checkpoints").glob("epoch=*.ckpt"))
+    assert load_checkpoint(best)["epoch"] < 3
+    capsys.readouterr()
+    resumed = binclf("fit", "--trainer.max_epochs=5", "--model.optimizer.lr=3.0", "--ckpt_path=best")
+    assert f"Starting a new run from {best.relative_to(tmp_path)}" in capsys.readouterr().out
+    assert resumed.trainer.log_dir == str(tmp_path / "lightning_logs" / "version_1")
+    assert {path.name: path.read_bytes() for path in old.rglob("*") if path.is_file()} == before
+    assert load_checkpoint(tmp_path / "lightning_logs/version_1/checkpoints/last.ckpt")["epoch"] == 4
+
+
+def test_resuming_on_other_data_is_allowed_when_asked_for_and_keeps_the_runs_config(binclf, tmp_path):
+    binclf("fit", "--trainer.max_epochs=1")
+    run = tmp_path / "lightning_logs" / "version_0"
+    config = (run / "config.yaml").read_bytes()
+    binclf(
+        "fit",
+        "--trainer.max_epochs=2",
+        "--ckpt_path=last",
+        "--data.scale=0.5",
+        "--resume_with_other_data=true",
+    )
+    assert (run / "config.yaml").read_bytes() == config
+    assert "scale: 0.5" in (run / "config.resumed-1.yaml").read_text()
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 1
+
+
+# sitecustomize runs before binclf; its audit hook sends SIGTERM the moment Lightning starts to be imported.
+SIGTERM_WHILE_IMPORTING = """
+import os, signal, sys
+
+def hook(event, args):
+    if event == "import" and args[0] == "lightning":
+        os.kill(os.getpid(), signal.SIGTERM)
+
+sys.addaudithook(hook)
+"""
+
+
+@pytest.mark.parametrize("moment", ["while importing", "after claiming the run folder"])
+def test_sigterm_during_start_up_exits_143_and_leaves_no_run_folder(tmp_path, moment):
+    environment = dict(FAULTS)
+    extra = []
+    if moment == "while importing":
+        (tmp_path / "hooks").mkdir()
+        (tmp_path / "hooks" / "sitecustomize.py").write_text(SIGTERM_WHILE_IMPORTING)
+        environment["PYTHONPATH"] = str(tmp_path / "hooks")
+    else:
+        extra = ["--data=faults.SigtermWhenBuilt"]
+    command = [SCRIPT, "fit", "-c", str(DEFAULT_CONFIG), *SMALL, *extra]
+    result = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False, env=environment
+    )
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "binclf: stopped by SIGTERM"
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize(
+    ("largest_file", "named"),
+    [(1_000, "while writing the run lightning_logs/version_0"), (20_000, "could not write checkpoint")],
+    ids=["at the first file", "at the first checkpoint"],
+)
+def test_a_full_disk_ends_in_one_line_and_no_run_folder(tmp_path, largest_file, named):
+    """A file-size limit on the process stands in for a full disk: every write past it fails with an
+    OSError, as on a disk with no room left."""
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (largest_file, largest_file))
+
+    command = [SCRIPT, "fit", "-c", str(DEFAULT_CONFIG), *SMALL]
+    result = subprocess.run(
+        command,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        preexec_fn=limit_file_size,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("binclf: error:")
+    assert named in last
+    assert not list(tmp_path.glob("lightning_logs/version_*"))

@@ -224,3 +224,38 @@ def test_predict_and_test_files_are_checked_too(tmp_path):
     unseen = write_csv(tmp_path / "test.csv", ["a", "b", "label"], [[1, 2, "perhaps"]])
     with pytest.raises(DataError, match=re.escape("label value(s) ['perhaps'] were not seen in training")):
         TabularDataModule(str(path), test_path=str(unseen)).setup("test")
+
+
+def test_a_checkpoints_label_names_decide_the_classes_when_the_config_leaves_them_out(project, capsys):
+    # Trained with the classes the other way round from the shipped config.
+    swapped = ["--data.label_names=[spam, ham]"]
+    run_cli(["fit", "-c", "configs/tabular_example.yaml", "--trainer.max_epochs=10", *swapped])
+    named = run_cli(["test", "-c", "configs/tabular_example.yaml", *swapped]).trainer.callback_metrics
+    left_out = run_cli(["test", "-c", "configs/tabular_example.yaml", "--data.label_names=null"])
+    assert left_out.datamodule.label_names == ["spam", "ham"]
+    assert left_out.trainer.callback_metrics["test/acc"] == named["test/acc"]
+    assert named["test/acc"] > 0.85
+    # Naming them the other way round is a contradiction, not a choice.
+    with pytest.raises(DataError, match=re.escape("but the checkpoint was trained with ['spam', 'ham']")):
+        run_cli(["test", "-c", "configs/tabular_example.yaml"])
+
+
+def test_tables_from_spreadsheets_and_yaml_label_names_read_as_written(project):
+    rows = "".join(f"{i * 0.1:.1f},{'yes' if i % 2 else 'no'}\n" for i in range(40))
+    (project / "bom.csv").write_bytes(
+        ("\ufeffx,label\n" + rows).encode()
+    )  # a byte-order mark, as Excel writes
+    # Unquoted, YAML reads no and yes as booleans; they still mean the labels they were written as.
+    fit = run_cli(
+        [
+            "fit",
+            "-c",
+            "configs/tabular_example.yaml",
+            "--trainer.max_epochs=1",
+            "--data.path=bom.csv",
+            "--data.id_column=null",
+            "--data.label_names=[no, yes]",
+        ]
+    )
+    assert fit.datamodule.feature_columns == ["x"]
+    assert fit.datamodule.label_names == ["no", "yes"]

@@ -6,9 +6,11 @@ resolve ``best`` outside the process that ran ``fit``. Here both come from the f
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,11 +38,34 @@ class CheckpointError(ValueError):
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint as plain data (``weights_only=True``): tensors, numbers, strings and containers.
+    """Read a checkpoint as plain data (``weights_only=True``): tensors, numbers, strings and containers,
+    shaped as Lightning writes them (a dict with its version key and a ``state_dict`` of tensors).
 
     A checkpoint that holds any other object is refused before that object is built, so a crafted file
-    cannot run code here. A file cut short or damaged is reported as such, never half-read.
+    cannot run code here. A file cut short or damaged is reported as such, never half-read. What the
+    checkpoint *names* (its hyperparameters) is checked separately, by :func:`check_hyperparameters`.
     """
+    state = _unpickle(path, map_location)
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"checkpoint {path} is not a Lightning checkpoint: it holds a {type(state).__name__}"
+        )
+    for key, kind in [("pytorch-lightning_version", str), ("state_dict", dict)]:
+        if not isinstance(state.get(key), kind):
+            raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint: it has no {key!r}")
+    for name, tensor in state["state_dict"].items():
+        if not isinstance(tensor, torch.Tensor):
+            kind = type(tensor).__name__
+            raise CheckpointError(
+                f"checkpoint {path} is damaged: state_dict[{name!r}] is a {kind}, not a tensor"
+            )
+    for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+        if not isinstance(state.get(key, {}), dict):
+            raise CheckpointError(f"checkpoint {path}: {key} is a {type(state[key]).__name__}, not a mapping")
+    return state
+
+
+def _unpickle(path: str | Path, map_location: Any) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -61,6 +86,95 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         ) from error
 
 
+# What LightningCLI stores beside a model's settings; it removes the key before parsing the rest.
+_INSTANTIATOR = ("_instantiator", "lightning.pytorch.cli.instantiate_module")
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+def check_hyperparameters(
+    hyperparameters: dict[str, Any], path: str | Path, *, settings: set[str], trusted_classes: set[str]
+) -> None:
+    """Refuse checkpoint hyperparameters that could make LightningCLI import or build code.
+
+    LightningCLI parses a checkpoint's ``hyper_parameters`` as if they were a config file that the user
+    wrote, and jsonargparse imports and builds whatever class or function they name. A checkpoint may come
+    from anyone, so before that happens every value must be one of:
+
+    - plain data: ``None``, a number, a boolean, a string, or a list of these;
+    - at the top level only (one of the model's ``settings``), a class given as ``class_path`` (one of
+      ``trusted_classes``) with ``init_args`` of plain data: no class nested inside another.
+
+    A string that reads as a dotted name of an importable module (``os.system``) is refused too, since an
+    argument typed as a callable would import and call it. Nothing is imported here: importability is
+    looked up with ``importlib.util.find_spec`` on the top-level name only, which runs no module code.
+    """
+
+    def refuse(key: str, why: str) -> CheckpointError:
+        return CheckpointError(f"refused checkpoint {path}: hyper_parameters.{key} {why}")
+
+    def plain(value: Any, key: str) -> None:
+        if value is None or isinstance(value, (bool, int, float)):
+            return
+        if isinstance(value, str):
+            if _DOTTED_NAME.fullmatch(value) and importlib.util.find_spec(value.split(".")[0]) is not None:
+                raise refuse(key, f"is {value!r}, the name of something importable, which could run code")
+            return
+        if isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                plain(item, f"{key}[{i}]")
+            return
+        if isinstance(value, dict) and ("class_path" in value or "_class_path" in value):
+            raise refuse(key, "is a class nested inside another class's arguments, which could run code")
+        raise refuse(
+            key, f"is a {type(value).__name__}; only numbers, strings, booleans and lists are allowed"
+        )
+
+    for key, value in hyperparameters.items():
+        if (key, value) == _INSTANTIATOR:
+            continue
+        if key not in settings:
+            raise refuse(key, "is not a setting of the model")
+        if not isinstance(value, dict):
+            plain(value, key)
+            continue
+        class_path = value.get("class_path")
+        if class_path not in trusted_classes:
+            raise refuse(
+                f"{key}.class_path",
+                f"is {class_path!r}, which is not among the classes binclf builds from a checkpoint "
+                "(its own networks and data modules, torch.optim optimizers and LR schedulers, and the "
+                "classes named in this command's config)",
+            )
+        for part, arguments in value.items():
+            if part == "class_path":
+                continue
+            if part not in ("init_args", "dict_kwargs") or not isinstance(arguments, dict):
+                raise refuse(f"{key}.{part}", "is not part of a class's settings (class_path, init_args)")
+            for name, argument in arguments.items():
+                plain(argument, f"{key}.{part}.{name}")
+
+
+def changed_data_settings(checkpoint: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    """How the data settings of a parsed config (``class_path`` and ``init_args``) differ from those a
+    checkpoint was trained with, one ``"data.key: old in the checkpoint, new now"`` per setting."""
+    stored = {
+        k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if k != "_instantiator"
+    }
+    stored_class = stored.pop("_class_path", data.get("class_path"))
+    if stored_class != data.get("class_path"):
+        return [f"data: {stored_class} in the checkpoint, {data.get('class_path')} now"]
+    now = data.get("init_args") or {}
+
+    def plain(value: Any) -> Any:
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    return [
+        f"data.{key}: {stored[key]!r} in the checkpoint, {now[key]!r} now"
+        for key in sorted(stored.keys() & now.keys())
+        if plain(stored[key]) != plain(now[key])
+    ]
+
+
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint I/O, made safe for files on local disk.
 
@@ -75,7 +189,11 @@ class SafeCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+        try:
+            atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+        except RuntimeError:  # torch reports a failed write (a full disk, say) as a RuntimeError
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(f"could not write checkpoint {path} ({free:,} bytes free on its disk)") from None
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
         # ``weights_only`` is ignored on purpose: every load here is plain data only.

@@ -2,45 +2,52 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
+import inspect
+import itertools
 import os
 import pickle
 import shutil
 import sys
-import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import Namespace
+from jsonargparse import Namespace, set_parsing_settings
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from binclf import console
 from binclf.callbacks import DiagnosticFigures, PredictionWriter, run_dir
 from binclf.checkpoints import (
     CheckpointError,
     SafeCheckpointIO,
+    changed_data_settings,
+    check_hyperparameters,
     claim_run_dir,
     load_checkpoint,
     resolve_checkpoint,
     run_version,
 )
 from binclf.console import say, warn
-from binclf.data import TwoGaussianDataModule  # noqa: F401  (imported so that --data finds it by name)
+from binclf.data import TwoGaussianDataModule
+from binclf.interrupts import EXIT_STATUS, Terminated
 from binclf.module import BinaryClassifier
-from binclf.networks import MLP, LogisticRegression  # noqa: F401  (--model.network finds them by name)
-from binclf.tabular import TabularDataModule  # noqa: F401  (--data finds it by name)
+from binclf.networks import MLP, LogisticRegression
+from binclf.tabular import TabularDataModule
 
 _EVALUATING = ("validate", "test", "predict")
+# Errors that bad input raises; each ends the command with one line, not a traceback.
+_USER_ERRORS = (ValueError, OSError, pickle.UnpicklingError, FloatingPointError, MisconfigurationException)
 _ACTS_IN = {DiagnosticFigures: ("fit", "test"), PredictionWriter: ("predict",)}  # the subcommands they act in
-_INTERRUPTED_EXIT = {"Ctrl-C": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
 
 
 def _log_root(trainer: Namespace) -> Path | None:
@@ -55,6 +62,60 @@ def _log_root(trainer: Namespace) -> Path | None:
     if not init_args or not init_args.get("save_dir"):
         return None
     return Path(init_args["save_dir"]) / (init_args.get("name") or "lightning_logs")
+
+
+def _class_paths(value: Any) -> Iterator[str]:
+    """Every ``class_path`` in a parsed config, at any depth."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        if isinstance(value.get("class_path"), str):
+            yield value["class_path"]
+        for item in value.values():
+            yield from _class_paths(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _class_paths(item)
+
+
+def trusted_classes(config: Namespace) -> set[str]:
+    """The classes that a checkpoint's hyperparameters may name: binclf's networks and data modules,
+    torch's optimizers and LR schedulers, and the classes this command's own config names."""
+    own = [MLP, LogisticRegression, TwoGaussianDataModule, TabularDataModule]
+    optimizers = [c for c in vars(torch.optim).values() if isinstance(c, type) and issubclass(c, Optimizer)]
+    schedulers = [
+        c
+        for c in vars(torch.optim.lr_scheduler).values()
+        if isinstance(c, type) and issubclass(c, (LRScheduler, ReduceLROnPlateau))
+    ]
+    trusted = {f"{c.__module__}.{c.__qualname__}" for c in [*own, *optimizers, *schedulers]}
+    # jsonargparse writes torch's classes by their public names: torch.optim.SGD, not torch.optim.sgd.SGD.
+    trusted |= {f"torch.optim.{c.__name__}" for c in optimizers}
+    trusted |= {f"torch.optim.lr_scheduler.{c.__name__}" for c in schedulers}
+    return trusted | set(_class_paths(config))
+
+
+def _check_trainer_settings(trainer: Namespace) -> None:
+    """Trainer settings that Lightning would accept and then fail on with a traceback, or with a message
+    that does not say which setting is wrong."""
+    every = trainer.get("check_val_every_n_epoch")
+    if every is not None and every < 1:
+        raise ValueError(f"trainer.check_val_every_n_epoch must be at least 1 (or null), got {every}")
+    accelerator = trainer.get("accelerator")
+    if accelerator in ("gpu", "cuda") and not (
+        torch.cuda.is_available() or torch.backends.mps.is_available()
+    ):
+        raise ValueError(
+            f"trainer.accelerator={accelerator}, but torch finds no GPU on this machine: use "
+            "--trainer.accelerator cpu, or auto to take a GPU only where there is one"
+        )
+    if trainer.get("logger") is False:
+        config = Path(trainer.get("default_root_dir") or ".") / "config.yaml"
+        if config.exists():
+            raise ValueError(
+                f"with trainer.logger=false each command saves its config as {config}, and one is there "
+                "already: give this command its own --trainer.default_root_dir, or remove that file"
+            )
 
 
 class _NullProfiler(PassThroughProfiler):
@@ -76,6 +137,7 @@ class BinclfCLI(LightningCLI):
         self._claimed_run: Path | None = None  # the version_N folder this command created
         self._resumed_version: int | None = None
         self._created_log_root = False
+        self._checkpoint: dict[str, Any] | None = None  # the checked contents of --ckpt_path, if any
         command_line = sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]
         first = command_line[0] if isinstance(command_line, list) and command_line else None
         self._named_subcommand = first if first in LightningCLI.subcommands() else None
@@ -103,6 +165,13 @@ class BinclfCLI(LightningCLI):
             help="torch intra-op threads. A model this small is fastest on one: more threads only add "
             "synchronisation, and slow down badly when another process is busy on a core. "
             "0 keeps torch's choice.",
+        )
+        parser.add_argument(
+            "--resume_with_other_data",
+            type=bool,
+            default=False,
+            help="fit --ckpt_path: train on data settings other than those the checkpoint was trained with "
+            "(refused otherwise, since it is usually a mistake)",
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -159,14 +228,39 @@ class BinclfCLI(LightningCLI):
             return
         config = self.config[subcommand]
         if subcommand in _EVALUATING or config.get("ckpt_path"):
-            # Resolved before LightningCLI reads the checkpoint's hyperparameters, so that the model is
-            # rebuilt as it was trained, whatever the config says.
+            # Resolved and checked before LightningCLI reads the checkpoint's hyperparameters, so that the
+            # model is rebuilt as it was trained, whatever the config says, and a file from someone else
+            # can neither run code nor pass for a checkpoint.
             checkpoint = self._find_checkpoint(config)
-            load_checkpoint(checkpoint)  # a damaged or unsafe file stops here, before anything reads it
+            self._checkpoint = load_checkpoint(checkpoint)
+            check_hyperparameters(
+                self._checkpoint.get("hyper_parameters", {}),
+                checkpoint,
+                settings=set(inspect.signature(self.model_class).parameters),
+                trusted_classes=trusted_classes(config),
+            )
             config.ckpt_path = str(checkpoint)
-            root = _log_root(config.trainer)
-            if subcommand == "fit" and root is not None:
-                self._resumed_version = run_version(checkpoint, root)
+            if subcommand == "fit":
+                self._check_resume(checkpoint, config)
+
+    def _check_resume(self, checkpoint: Path, config: Namespace) -> None:
+        """A run continues in its own folder only from its ``last.ckpt``: from any other of its checkpoints
+        (``best``, an epoch file) it would rewind that run and overwrite its ``last.ckpt``, so it becomes a
+        new run. Training on other data than the checkpoint's is refused unless asked for."""
+        root = _log_root(config.trainer)
+        if root is not None and checkpoint.name == "last.ckpt":
+            self._resumed_version = run_version(checkpoint, root)
+        elif root is not None and run_version(checkpoint, root) is not None:
+            say(f"Starting a new run from {checkpoint}: only a run's last.ckpt continues in its own folder")
+        if config.resume_with_other_data:
+            return
+        changed = changed_data_settings(self._checkpoint, config.data.as_dict())
+        if changed:
+            raise ValueError(
+                f"--ckpt_path {checkpoint} was trained with other data settings ({'; '.join(changed)}): "
+                "pass the settings it was trained with, or --resume_with_other_data true to train it on "
+                "this data"
+            )
 
     def _find_checkpoint(self, config: Namespace) -> Path:
         request = config.get("ckpt_path")
@@ -184,7 +278,16 @@ class BinclfCLI(LightningCLI):
             raise ValueError(f"--torch_threads must be 0 or more, got {threads}")
         if threads:
             torch.set_num_threads(threads)
-        self._choose_run_dir(self.config[self.subcommand].trainer)
+        trainer = self.config[self.subcommand].trainer
+        _check_trainer_settings(trainer)
+        self._choose_run_dir(trainer)
+
+    def after_instantiate_classes(self) -> None:
+        # Lightning restores a data module's state (a table's label names and statistics, say) from the
+        # checkpoint only after ``setup`` has built the splits; restored here, nothing is built without it.
+        state = self._checkpoint.get(type(self.datamodule).__qualname__) if self._checkpoint else None
+        if state is not None:
+            self.datamodule.load_state_dict(state)
 
     def _choose_run_dir(self, trainer: Namespace) -> None:
         """Point the logger at the resumed run's folder, or at a ``version_N`` claimed here for this run.
@@ -202,8 +305,13 @@ class BinclfCLI(LightningCLI):
         root = _log_root(trainer)
         if self._resumed_version is not None:
             version = self._resumed_version
-            # The run's config.yaml is rewritten: the same settings, now with the --ckpt_path it resumed from.
-            self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
+            # config.yaml stays the record of how the run began; each resume saves its own config beside it.
+            run = root / f"version_{version}"
+            count = next(n for n in itertools.count(1) if not (run / f"config.resumed-{n}.yaml").exists())
+            self.save_config_kwargs = {
+                **self.save_config_kwargs,
+                "config_filename": f"config.resumed-{count}.yaml",
+            }
         elif rank_zero_only.rank == 0:
             self._created_log_root = not root.exists()
             version = claim_run_dir(root)
@@ -228,26 +336,33 @@ class BinclfCLI(LightningCLI):
         """
         trainer = getattr(self, "trainer", None)
         signal_name = None
-        if isinstance(error, SIGTERMException):
+        subcommand = self.config["subcommand"] if hasattr(self, "config") else None
+        if isinstance(
+            error, (Terminated, SIGTERMException)
+        ):  # ours, or Lightning's when ours is not installed
             signal_name = "SIGTERM"
-        elif isinstance(error, SystemExit) and error.code == 1 and getattr(trainer, "interrupted", False):
-            signal_name = "Ctrl-C"  # Lightning's graceful shutdown after a KeyboardInterrupt
+        elif isinstance(error, KeyboardInterrupt) or (
+            isinstance(error, SystemExit) and error.code == 1 and getattr(trainer, "interrupted", False)
+        ):
+            signal_name = "Ctrl-C"  # raw, or after Lightning's graceful shutdown, which exits with 1
         run = self._claimed_run
         if run is None and self._resumed_version is not None:
-            run = _log_root(self.config[self.subcommand].trainer) / f"version_{self._resumed_version}"
+            run = _log_root(self.config[subcommand].trainer) / f"version_{self._resumed_version}"
         checkpoints = sorted((run / "checkpoints").glob("*.ckpt")) if run is not None else []
         if run is not None and run == self._claimed_run and not checkpoints and run.is_dir():
             shutil.rmtree(run, ignore_errors=True)
             if self._created_log_root and not any(run.parent.iterdir()):
                 run.parent.rmdir()
-        elif checkpoints and self.subcommand == "fit":
+        elif checkpoints and subcommand == "fit":
             epoch = f" at epoch {trainer.current_epoch}" if trainer is not None else ""
             warn(f"the run stopped{epoch}; its checkpoints are kept in {run / 'checkpoints'}")
             if signal_name is not None:
                 warn("resume it with the same command and --ckpt_path last")
         if signal_name is not None:
             warn(f"stopped by {signal_name}")
-            return SystemExit(_INTERRUPTED_EXIT[signal_name])
+            return SystemExit(EXIT_STATUS[signal_name])
+        if isinstance(error, OSError) and error.errno and error.filename is None and run is not None:
+            return OSError(error.errno, f"{error.strerror or error} (while writing the run {run})")
         return error
 
     def _ckpt_path(self) -> str:
@@ -286,6 +401,10 @@ class BinclfCLI(LightningCLI):
 def run_cli(args: list[str] | None = None) -> BinclfCLI:
     """Run one ``binclf`` command and return the CLI, whose ``trainer`` holds the results (for tests)."""
     console.quiet_inapplicable_messages()
+    # A second layer under check_hyperparameters, for every value parsed: jsonargparse keeps a class spec
+    # that stands where any value is accepted as data instead of building it, and refuses import paths on
+    # its denylist (os, subprocess, builtins.eval, ...) instead of only warning.
+    set_parsing_settings(instantiate_subclass_spec_in_any=False, import_path_denylist=[])
     return BinclfCLI(
         BinaryClassifier,
         LightningDataModule,  # any data module by class_path; TwoGaussianDataModule unless the config says
@@ -296,11 +415,15 @@ def run_cli(args: list[str] | None = None) -> BinclfCLI:
     )
 
 
-def _reason(error: BaseException) -> str:
+def error_message(error: BaseException) -> str:
     """The line of ``error`` that names the problem."""
-    # jsonargparse wraps a constructor's own error in its own; the innermost one names the problem.
-    while not isinstance(error, CheckpointError) and (error.__cause__ or error.__context__):
-        error = error.__cause__ or error.__context__
+    # jsonargparse wraps a constructor's own error in its own; the innermost one names the problem, unless
+    # an error was raised on purpose in place of the one it handled (``raise ... from None``).
+    while not isinstance(error, CheckpointError):
+        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if inner is None:
+            break
+        error = inner
     lines = [line.strip() for line in str(error).strip().splitlines()] or [type(error).__name__]
     if lines[0].startswith("Does not validate against any of the Union subtypes"):
         # A class given by class_path: one "- reason" per type the setting allows; None is always one.
@@ -318,37 +441,17 @@ def cli_main(args: list[str] | None = None) -> None:
     """
     try:
         run_cli(args)
-    except (ValueError, OSError, pickle.UnpicklingError, FloatingPointError) as error:
+    except (
+        ValueError,
+        OSError,
+        pickle.UnpicklingError,
+        FloatingPointError,
+        MisconfigurationException,
+    ) as error:
         if os.environ.get("BINCLF_DEBUG"):
             raise
-        print(f"binclf: error: {_reason(error)}", file=sys.stderr)
+        print(f"binclf: error: {error_message(error)}", file=sys.stderr)
         sys.exit(1 if isinstance(error, FloatingPointError) else 2)
     except KeyboardInterrupt:  # before or after Lightning's own handling, which covers the run itself
         print("binclf: stopped by Ctrl-C", file=sys.stderr)
-        sys.exit(_INTERRUPTED_EXIT["Ctrl-C"])
-
-
-def main() -> None:
-    """The ``binclf`` console script (and ``python -m binclf``): :func:`cli_main`, then a quick exit.
-
-    Tearing down an interpreter that holds torch and Lightning takes one to two seconds, spent freeing
-    thousands of modules: longer than some whole commands. By then the command has closed its files and
-    loggers, so once the remaining threads have finished and the ``atexit`` handlers have run (what a
-    normal exit does that matters), the process ends without the teardown.
-    """
-    try:
-        cli_main()
-        code = 0
-    except SystemExit as exit_:  # a message, a status or None, as ``sys.exit`` takes them
-        if exit_.code is None or isinstance(exit_.code, int):
-            code = exit_.code or 0
-        else:
-            print(exit_.code, file=sys.stderr)
-            code = 1
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # what a normal exit runs; CPython has no public name for it
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+        sys.exit(EXIT_STATUS["Ctrl-C"])

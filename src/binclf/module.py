@@ -43,11 +43,12 @@ class BinaryClassifier(LightningModule):
         self.criterion = nn.BCEWithLogitsLoss()
 
         # One metric object per stage, so that no stage's state leaks into another's.
-        self.val_loss = MeanMetric()
+        # A NaN loss must show as NaN, not be dropped from the mean as torchmetrics does by default.
+        self.val_loss = MeanMetric(nan_strategy="disable")
         self.val_acc = BinaryAccuracy()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # saved in checkpoints, so a resumed run keeps its best
-        self.test_loss = MeanMetric()
+        self.test_loss = MeanMetric(nan_strategy="disable")
         self.test_acc = BinaryAccuracy()
         self.test_auroc = BinaryAUROC()
         self.test_ece = BinaryCalibrationError(n_bins=15)
@@ -99,6 +100,14 @@ class BinaryClassifier(LightningModule):
         self.val_acc.update(torch.sigmoid(logits), targets)
 
     def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # computed once: ``self.log`` below reuses the result
+        if not torch.isfinite(loss):
+            # Raised before the checkpoint callbacks see this epoch, so no checkpoint, the best one included,
+            # ever holds a model whose loss is not finite.
+            raise FloatingPointError(
+                f"the validation loss became {loss.item()} at epoch {self.current_epoch}: training "
+                "diverged; lower the learning rate (--model.optimizer.lr)"
+            )
         # Metric objects sync across DDP ranks by themselves, and Lightning resets them after logging.
         self.log("val/loss", self.val_loss, prog_bar=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
@@ -173,6 +182,9 @@ class BinaryClassifier(LightningModule):
         extra = sorted(set(stored) - set(expected))
         if extra:
             raise ValueError(f"the checkpoint does not fit this model: it has {extra[0]}, which this lacks")
+        for name, _ in self.named_parameters():
+            if not torch.isfinite(stored[name]).all():
+                raise ValueError(f"the checkpoint's {name} is not finite: the run that saved it had diverged")
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,11 @@ from torch import Tensor
 from binclf.console import say
 from binclf.gaussians import LabelledData
 from binclf.in_memory import InMemoryDataModule
+
+# Array kinds a table may hold: booleans, integers, floats, and text (for labels and ids).
+_READABLE_KINDS = "biufUS"
+# The words YAML 1.1 reads as booleans: `label_names: [no, yes]` arrives as [False, True].
+_YAML_BOOLEANS = {True: {"true", "yes", "on", "y"}, False: {"false", "no", "off", "n"}}
 
 
 class DataError(ValueError):
@@ -27,8 +34,9 @@ class Table:
         if not path.is_file():
             raise DataError(f"{path}: file not found")
         suffix = path.suffix.lower()
-        if suffix == ".csv":
-            self.columns = self._read_csv(path)
+        self.csv = suffix == ".csv"
+        if self.csv:
+            self.columns, self.lines = self._read_csv(path)
         elif suffix in (".npz", ".npy"):
             self.columns = self._read_numpy(path)
         else:
@@ -36,43 +44,81 @@ class Table:
         self.num_rows = len(next(iter(self.columns.values()))) if self.columns else 0
         if self.num_rows == 0:
             raise DataError(f"{path}: no data rows")
-        self.csv = suffix == ".csv"
 
     @staticmethod
-    def _read_csv(path: Path) -> dict[str, np.ndarray]:
-        with path.open(newline="") as file:
-            rows = list(csv.reader(file))
+    def _read_csv(path: Path) -> tuple[dict[str, np.ndarray], list[int]]:
+        """The columns, and the line in the file where each data row ends (blank lines are skipped)."""
+        raw = path.read_bytes()
+        if raw.startswith(b"\x1f\x8b"):
+            raise DataError(f"{path}: the file is gzip-compressed; decompress it first (gunzip)")
+        if b"\x00" in raw:
+            line = raw[: raw.index(b"\x00")].count(b"\n") + 1
+            raise DataError(f"{path}: line {line} holds a NUL byte: this is not a text file")
+        try:
+            text = raw.decode("utf-8-sig")  # a byte-order mark, as some spreadsheets write, is not a name
+        except UnicodeDecodeError as error:
+            line = raw[: error.start].count(b"\n") + 1
+            byte = raw[error.start]
+            raise DataError(
+                f"{path}: line {line} is not UTF-8 text (byte 0x{byte:02x}); save it as UTF-8"
+            ) from None
+        reader = csv.reader(io.StringIO(text, newline=""))
+        rows, lines = [], []
+        try:
+            for row in reader:
+                if row:
+                    rows.append(row)
+                    lines.append(reader.line_num)
+        except csv.Error as error:
+            raise DataError(f"{path}: line {reader.line_num}: {error}") from None
         if not rows:
             raise DataError(f"{path}: the file is empty")
-        header, body = rows[0], [row for row in rows[1:] if row]
-        for line, row in enumerate(rows[1:], start=2):
-            if row and len(row) != len(header):
+        header, body = rows[0], rows[1:]
+        for i, name in enumerate(header):
+            if not name:
+                raise DataError(f"{path}: line {lines[0]}: column {i + 1} of the header has no name")
+            if name in header[:i]:
+                raise DataError(f"{path}: line {lines[0]}: column {name!r} appears twice in the header")
+        for line, row in zip(lines[1:], body, strict=True):
+            if len(row) != len(header):
                 raise DataError(f"{path}: line {line} has {len(row)} fields, the header has {len(header)}")
-        return {name: np.array([row[i] for row in body], dtype=str) for i, name in enumerate(header)}
+        columns = {name: np.array([row[i] for row in body], dtype=str) for i, name in enumerate(header)}
+        return columns, lines[1:]
 
     @staticmethod
     def _read_numpy(path: Path) -> dict[str, np.ndarray]:
+        name = None
         try:
-            loaded = np.load(path, allow_pickle=False)
-        except ValueError as error:  # object arrays need pickle, which could run code
-            raise DataError(f"{path}: cannot read without pickle ({error})") from error
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            columns = {name: loaded[name] for name in loaded.files}
-            for name, column in columns.items():
-                if column.ndim != 1:
-                    raise DataError(
-                        f"{path}: array {name!r} must be one column (1-D), got shape {column.shape}"
-                    )
-            if len({len(column) for column in columns.values()}) > 1:
-                raise DataError(f"{path}: the arrays differ in length")
-            return columns
-        if loaded.ndim != 2:
-            raise DataError(f"{path}: expected a 2-D array (rows x columns), got shape {loaded.shape}")
-        return {str(i): loaded[:, i] for i in range(loaded.shape[1])}
+            loaded = np.load(path, allow_pickle=False)  # pickled objects could run code
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                columns = {}
+                for name in loaded.files:
+                    columns[name] = loaded[name]
+            elif loaded.ndim == 2:
+                columns = {str(i): loaded[:, i] for i in range(loaded.shape[1])}
+            else:
+                raise DataError(f"{path}: expected a 2-D array (rows x columns), got shape {loaded.shape}")
+        except DataError:
+            raise
+        except ValueError as error:
+            if "allow_pickle" not in str(error):
+                raise DataError(f"{path}: cannot read it ({error})") from None
+            where = f"array {name!r}" if name is not None else "the array"
+            raise DataError(f"{path}: {where} holds Python objects, which only pickle could read") from None
+        except (OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
+            raise DataError(f"{path}: cannot read it, it may be cut short ({error})") from None
+        for name, column in columns.items():
+            if column.ndim != 1:
+                raise DataError(f"{path}: array {name!r} must be one column (1-D), got shape {column.shape}")
+            if column.dtype.kind not in _READABLE_KINDS:
+                raise DataError(f"{path}: array {name!r} is of type {column.dtype}; use real numbers or text")
+        if len({len(column) for column in columns.values()}) > 1:
+            raise DataError(f"{path}: the arrays differ in length")
+        return columns
 
     def where(self, column: str, row: int) -> str:
         """A human pointer to one cell: a line number for CSV, a row index otherwise."""
-        return f"{self.path}, column {column!r}, " + (f"line {row + 2}" if self.csv else f"row {row}")
+        return f"{self.path}, column {column!r}, " + (f"line {self.lines[row]}" if self.csv else f"row {row}")
 
     def column(self, name: str) -> np.ndarray:
         if name not in self.columns:
@@ -122,6 +168,24 @@ def _natural_order(values: list[str]) -> list[str]:
     return sorted(values)
 
 
+def _label_value(name: str | float | bool, values: list[str]) -> str:
+    """The label value in the file that ``name`` (from ``label_names``) stands for. YAML turns unquoted
+    labels into numbers (``1``) or booleans (``no``, ``yes``), so those are matched by what they were."""
+    if isinstance(name, bool):
+        matches = [value for value in values if value.lower() in _YAML_BOOLEANS[name]]
+        if len(matches) != 1:
+            raise DataError(
+                f"data.label_names: YAML reads an unquoted {'yes/true/on' if name else 'no/false/off'} as "
+                f"the boolean {name}; quote the label names as they are written in the file, e.g. "
+                f"['{values[0]}', '{values[-1]}']"
+            )
+        return matches[0]
+    if isinstance(name, (int, float)):
+        matches = [value for value in values if _is_number(value) and float(value) == name]
+        return matches[0] if matches else f"{name:g}"
+    return str(name).strip()
+
+
 class TabularDataModule(InMemoryDataModule):
     """Trains on a table of your own: ``path`` is a CSV with a header row, an ``.npz`` of named 1-D arrays,
     or a 2-D ``.npy`` (columns named ``"0"``, ``"1"``, ...).
@@ -134,7 +198,8 @@ class TabularDataModule(InMemoryDataModule):
     Without ``test_path`` the file is split into train / validation / test, stratified by label, with
     ``val_fraction`` and ``test_fraction`` of each class and the given ``seed``. Features are standardised
     with the training split's mean and standard deviation. The label names, feature columns and those
-    statistics are saved in every checkpoint, so ``test`` and ``predict`` reuse them.
+    statistics are saved in every checkpoint; ``test`` and ``predict`` restore them before they build any
+    split, so a model is always evaluated with the mapping and statistics it was trained with.
 
     ``predict_path`` is a file with the same feature columns (a label column is ignored); predictions are
     written with its ``id_column`` values if given, else its row numbers, and the label names.
@@ -145,7 +210,7 @@ class TabularDataModule(InMemoryDataModule):
         path: str,
         label_column: str = "label",
         feature_columns: list[str] | None = None,
-        label_names: list[str] | None = None,
+        label_names: list[str | int | float | bool] | None = None,
         id_column: str | None = None,
         test_path: str | None = None,
         predict_path: str | None = None,
@@ -163,10 +228,10 @@ class TabularDataModule(InMemoryDataModule):
                 f"test_fraction must be above 0 and leave rows for training, got val_fraction={val_fraction} "
                 f"and test_fraction={test_fraction}"
             )
-        if label_names is not None and (len(label_names) != 2 or label_names[0] == label_names[1]):
-            raise DataError(
-                f"label_names must be two different values [negative, positive], got {label_names}"
-            )
+        if label_names is not None and len(label_names) != 2:
+            raise DataError(f"label_names must be two values [negative, positive], got {label_names}")
+        if feature_columns is not None:
+            _check_feature_columns(feature_columns, label_column, id_column)
         self.save_hyperparameters()
         self.path = Path(path)
         self.label_column = label_column
@@ -177,39 +242,33 @@ class TabularDataModule(InMemoryDataModule):
         self.test_fraction = test_fraction
 
         # Read and check the training file now, so that bad data stops the command before a run starts,
-        # and so that input_dim is known when the CLI builds the network.
+        # and so that input_dim is known when the CLI builds the network. Labels stay text until setup():
+        # a checkpoint's label names, restored before it, decide which is class 1.
         table = Table(self.path)
-        labels = table.labels(label_column)
-        values = _natural_order(sorted(set(labels.tolist())))
+        self._labels = table.labels(label_column)
+        values = _natural_order(sorted(set(self._labels.tolist())))
         if len(values) != 2:
             shown = ", ".join(repr(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
             raise DataError(
                 f"{self.path}: column {label_column!r} has {len(values)} distinct value(s) ({shown}); "
                 "a binary classifier needs exactly 2"
             )
-        if label_names is None:
-            self.label_names = values
-        else:
-            self.label_names = [str(name) for name in label_names]
-            unknown = sorted(set(values) - set(self.label_names))
-            if unknown:
-                raise DataError(
-                    f"{self.path}: label value(s) {unknown} are not in label_names {self.label_names}"
-                )
+        self.label_names = values if label_names is None else [_label_value(n, values) for n in label_names]
+        if self.label_names[0] == self.label_names[1]:
+            raise DataError(f"label_names must be two different values, got {label_names}")
+        self._check_labels(self._labels, self.path)
         excluded = {label_column, id_column}
         self.feature_columns = feature_columns or [name for name in table.columns if name not in excluded]
         if not self.feature_columns:
             raise DataError(f"{self.path}: no feature columns besides the label {label_column!r}")
-        self._data = LabelledData(
-            torch.from_numpy(table.numbers(self.feature_columns)), self._targets(labels)
-        )
-        self._splits = self._split(self._data.targets[:, 0].numpy())
+        self._features = torch.from_numpy(table.numbers(self.feature_columns))
+        self._splits = self._split(values)
         if label_names is None:
             say(
                 f"Labels from {self.path}: 0 = {values[0]!r}, 1 = {values[1]!r} "
                 "(set data.label_names to choose)"
             )
-        train = self._data.features[self._splits["train"]]
+        train = self._features[self._splits["train"]]
         self.mean = train.mean(dim=0).tolist()
         # A constant feature gets scale 1, not a division by zero.
         self.std = [s if s > 0 else 1.0 for s in train.std(dim=0, correction=0).tolist()]
@@ -225,22 +284,28 @@ class TabularDataModule(InMemoryDataModule):
         """The x axis of the data histogram, which shows the first feature column."""
         return f"{self.feature_columns[0]} (first feature)"
 
+    def _check_labels(self, labels: np.ndarray, path: Path) -> None:
+        unknown = sorted(set(labels.tolist()) - set(self.label_names))
+        if unknown:
+            raise DataError(f"{path}: label value(s) {unknown} are not in label_names {self.label_names}")
+
     def _targets(self, labels: np.ndarray) -> Tensor:
         return torch.from_numpy((labels == self.label_names[1]).astype(np.float32)).unsqueeze(1)
 
-    def _split(self, targets: np.ndarray) -> dict[str, np.ndarray]:
-        """Stratified indices: every split gets its fraction of each class, and at least one row of it."""
+    def _split(self, values: list[str]) -> dict[str, np.ndarray]:
+        """Stratified indices: every split gets its fraction of each label value, and at least one row of it.
+        The split depends on the values, not on which of them is class 1."""
         rng = np.random.default_rng(self.seed)
         parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-        for label in (0.0, 1.0):
-            rows = rng.permutation(np.flatnonzero(targets == label))
+        for value in values:
+            rows = rng.permutation(np.flatnonzero(self._labels == value))
             num_val = round(self.val_fraction * len(rows))
             num_test = 0 if self.test_path else round(self.test_fraction * len(rows))
             if num_val < 1 or (num_test < 1 and not self.test_path) or len(rows) - num_val - num_test < 1:
                 raise DataError(
-                    f"{self.path}: too few rows for the split: label {self.label_names[int(label)]!r} has "
-                    f"{len(rows)}, and train, validation and test each need at least one "
-                    f"(val_fraction={self.val_fraction}, test_fraction={self.test_fraction})"
+                    f"{self.path}: too few rows for the split: label {value!r} has {len(rows)}, and train, "
+                    f"validation and test each need at least one (val_fraction={self.val_fraction}, "
+                    f"test_fraction={self.test_fraction})"
                 )
             parts["val"].append(rows[:num_val])
             parts["test"].append(rows[num_val : num_val + num_test])
@@ -248,7 +313,8 @@ class TabularDataModule(InMemoryDataModule):
         return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
 
     def _subset(self, name: str) -> LabelledData:
-        return LabelledData(self._data.features[self._splits[name]], self._data.targets[self._splits[name]])
+        rows = self._splits[name]
+        return LabelledData(self._features[rows], self._targets(self._labels[rows]))
 
     def _other_file(self, path: Path, labelled: bool) -> tuple[Table, LabelledData]:
         table = Table(path)
@@ -298,11 +364,46 @@ class TabularDataModule(InMemoryDataModule):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take the label names and statistics a checkpoint was trained with. The state comes from a file
+        that may be anyone's, so its shape is checked before anything uses it."""
+        width = len(state.get("feature_columns") or [])
+        shapes = {
+            "label_names": (str, 2),
+            "feature_columns": (str, width),
+            "mean": (float, width),
+            "std": (float, width),
+        }
+        for key, (kind, length) in shapes.items():
+            value = state.get(key)
+            if not (
+                isinstance(value, list) and len(value) == length and all(isinstance(v, kind) for v in value)
+            ):
+                raise DataError(f"the checkpoint's data state is damaged: {key} is {value!r}")
         if state["feature_columns"] != self.feature_columns:
             raise DataError(
                 f"the checkpoint was trained on columns {state['feature_columns']}, "
                 f"but the data now gives {self.feature_columns}"
             )
+        if self.hparams.label_names is not None and state["label_names"] != self.label_names:
+            raise DataError(
+                f"data.label_names is {self.label_names}, but the checkpoint was trained with "
+                f"{state['label_names']}: leave data.label_names out to use the checkpoint's"
+            )
         self.label_names = list(state["label_names"])
+        self._check_labels(self._labels, self.path)
         self.mean = list(state["mean"])
         self.std = list(state["std"])
+
+
+def _check_feature_columns(columns: list[str], label_column: str, id_column: str | None) -> None:
+    if not columns:
+        raise DataError(
+            "data.feature_columns is empty: list the input columns, or leave it out to use every column "
+            "but the label and the id"
+        )
+    for name, role in [(label_column, "label"), (id_column, "id")]:
+        if name in columns:
+            raise DataError(f"data.feature_columns includes the {role} column {name!r}")
+    repeated = sorted({name for name in columns if columns.count(name) > 1})
+    if repeated:
+        raise DataError(f"data.feature_columns names {repeated[0]!r} twice")
