@@ -2,11 +2,15 @@
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from binclf.gaussians import normal_cdf
-from binclf.sweep import main
+from binclf.sweep import main, plan
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -84,3 +88,113 @@ def test_empty_grid_and_double_budget_are_refused(tmp_path, monkeypatch):
         main(["--epochs=1"])
     with pytest.raises(SystemExit, match="exactly one of epochs or steps"):
         main(['--grid={"data.scale": [0.5]}', "--epochs=1", "--steps=10"])
+
+
+BAD_SWEEPS = {
+    "an axis with no values": (['--grid={"data.scale": []}', "--epochs=1"], "grid.data.scale has no values"),
+    "no seeds": (['--grid={"data.scale": [0.5]}', "--epochs=1", "--seeds=[]"], "seeds is empty"),
+    "a seed twice": (['--grid={"data.scale": [0.5]}', "--epochs=1", "--seeds=[0, 0]"], "a seed twice"),
+    "values that name the same run": (
+        ['--grid={"data.scale": [1, 1.0]}', "--epochs=1"],
+        "grid.data.scale lists 1 and 1.0, which name the same run (1)",
+    ),
+    "a budget that never ends": (['--grid={"data.scale": [0.5]}', "--steps=-1"], "steps must be at least 1"),
+    "no epochs": (['--grid={"data.scale": [0.5]}', "--epochs=0"], "epochs must be at least 1"),
+    "negative workers": (['--grid={"data.scale": [0.5]}', "--epochs=1", "--workers=-1"], "workers must be 0"),
+    "plot axis not in the grid": (
+        ['--grid={"data.scale": [0.5]}', "--epochs=1", "--plot.x=data.dim"],
+        "plot.x is 'data.dim', which is not a grid key",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SWEEPS)
+def test_bad_sweep_settings_get_one_line_before_anything_runs(case, tmp_path, monkeypatch):
+    arguments, named = BAD_SWEEPS[case]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(arguments)
+    assert str(exit_.value.code).startswith("binclf-sweep: error: ")
+    assert named in str(exit_.value.code)
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_values_that_print_alike_get_run_folders_of_their_own(tmp_path):
+    runs = plan("default.yaml", {"data.scale": [0.2, 0.2000001]}, [0], [], tmp_path, 1, None)
+    assert [run.name for run in runs] == ["scale=0.2,seed=0", "scale=0.2000001,seed=0"]
+
+
+def test_named_settings_a_failing_run_and_damaged_results(tmp_path, monkeypatch, capsys, default_config):
+    monkeypatch.chdir(tmp_path)
+    args = [
+        f"--base_config={default_config}",
+        '--grid={"model.optimizer": ["SGD", "Adam", "NoSuchOptimizer"]}',
+        "--epochs=1",
+        "--args=[--data.num_samples=100, --data.num_val_samples=100, --data.num_test_samples=200]",
+        "--name=named",
+        "--workers=2",
+    ]
+    sweep = tmp_path / "lightning_logs" / "sweeps" / "named"
+    with pytest.raises(SystemExit, match="1 runs failed"):
+        main(args)
+    rows = read_rows(sweep / "results.csv")
+    assert [rows[f"optimizer={name},seed=0"]["status"] for name in ("SGD", "Adam")] == ["ok", "ok"]
+    failed = rows["optimizer=NoSuchOptimizer,seed=0"]
+    assert failed["status"] == "failed"
+    assert "NoSuchOptimizer" in failed["error"]  # the parser's own message, not just its exit status
+    assert (sweep / "accuracy.png").read_bytes().startswith(PNG)  # a named axis is drawn, not a crash
+    table = (sweep / "results.md").read_text().splitlines()
+    assert table[0] == "| optimizer | Adam | NoSuchOptimizer | SGD |"
+    assert table[2].startswith("| network | ")
+
+    # A result file that is damaged, or holds no result, means the run is redone, not that the sweep breaks.
+    (sweep / "runs" / "optimizer=SGD,seed=0" / "result.json").write_text("[1, 2]")
+    (sweep / "runs" / "optimizer=Adam,seed=0" / "result.json").write_text('{"status": "ok", "ar')
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="1 runs failed"):
+        main(args)
+    assert "3 runs, 0 already finished, 3 to run" in capsys.readouterr().out
+    rows = read_rows(sweep / "results.csv")
+    assert [rows[f"optimizer={name},seed=0"]["status"] for name in ("SGD", "Adam")] == ["ok", "ok"]
+
+
+@pytest.mark.parametrize(("signal_name", "status"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stopped_sweep_ends_its_workers_and_keeps_what_finished(
+    tmp_path, default_config, signal_name, status
+):
+    pids = tmp_path / "worker_pids"
+    stop = {
+        "class_path": "faults.SignalAtEpochStart",
+        "init_args": {
+            "epoch": 1,
+            "signal_name": signal_name,
+            "to_parent": True,
+            "pid_file": str(pids),
+            "pids": 2,
+        },
+    }
+    command = [
+        str(Path(sys.executable).parent / "binclf-sweep"),
+        f"--base_config={default_config}",
+        '--grid={"data.scale": [0.5, 1.0]}',
+        "--epochs=1000000",  # never reached: the runs end only when the sweep is stopped
+        "--args=[--data.num_samples=100, --data.num_val_samples=100, "
+        f"'--trainer.callbacks+={json.dumps(stop)}']",
+        "--name=stopped",
+        "--workers=2",
+    ]
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    result = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False, env=environment
+    )
+    assert result.returncode == status, result.stderr[-3000:]
+    name = "SIGTERM" if signal_name == "SIGTERM" else "Ctrl-C"
+    assert f"binclf-sweep: stopped by {name}" in result.stdout
+    assert "Traceback" not in result.stderr
+    workers = [int(pid) for pid in pids.read_text().split()]
+    assert len(set(workers)) == 2
+    for pid in workers:  # the sweep waited for its workers: none is left running
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    rows = read_rows(tmp_path / "lightning_logs" / "sweeps" / "stopped" / "results.csv")
+    assert {row["status"] for row in rows.values()} == {"missing"}  # stopped runs are redone next time

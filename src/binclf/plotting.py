@@ -174,9 +174,11 @@ def accuracy_against_setting(
     xlabel: str,
     title: str,
     log_x: bool = True,
+    categories: list[str] | None = None,
 ) -> Figure:
     """Test accuracy against a setting: ``lines[label] = (x, mean, spread)`` drawn with error bars, beside
-    the Bayes rule measured on the same test points and its analytic value, each ``(x, accuracy)``."""
+    the Bayes rule measured on the same test points and its analytic value, each ``(x, accuracy)``.
+    With ``categories``, x is the position of each named setting (0, 1, ...)."""
     figure, axes = _figure(title, xlabel, "test accuracy")
     for label, (x, mean, spread) in lines.items():
         axes.errorbar(x, mean, yerr=spread, marker="o", markersize=4, capsize=3, label=label)
@@ -188,5 +190,7 @@ def accuracy_against_setting(
         )
     if log_x:
         axes.set_xscale("log")
+    if categories is not None:
+        axes.set_xticks(range(len(categories)), categories)
     axes.legend(fontsize=8)
     return figure

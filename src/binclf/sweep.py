@@ -18,19 +18,23 @@ import contextlib
 import csv
 import itertools
 import json
+import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
+
+from binclf.interrupts import EXIT_STATUS, Terminated, raise_on_sigterm
 
 _RESULT = "result.json"
 _FIRST_COLUMNS = ["run", "seed", "status"]
@@ -48,8 +52,13 @@ class Run:
     args: list[str]
 
 
-def _value_name(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+def value_name(value: Any) -> str:
+    """A grid value as it appears in run names and tables: ``0.2``, ``1`` for 1.0, ``Adam``. A float keeps
+    as many digits as it takes to tell it apart from any other (``0.2000001``)."""
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
 
 
 def plan(
@@ -62,8 +71,25 @@ def plan(
     steps: int | None,
 ) -> list[Run]:
     """Every (cell, seed) of the grid, in a stable order, with the arguments for ``binclf fit``."""
+    if not grid:
+        raise ValueError("the grid is empty: give --grid or a sweep config with grid:")
+    for key, values in grid.items():
+        if not values:
+            raise ValueError(f"grid.{key} has no values")
+        names = [value_name(value) for value in values]
+        repeated = next((name for name in names if names.count(name) > 1), None)
+        if repeated is not None:
+            same = [repr(value) for value in values if value_name(value) == repeated]
+            raise ValueError(f"grid.{key} lists {' and '.join(same)}, which name the same run ({repeated})")
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed")
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"seeds lists a seed twice: {seeds}")
     if (epochs is None) == (steps is None):
         raise ValueError("give the budget as exactly one of epochs or steps")
+    for name, budget in [("epochs", epochs), ("steps", steps)]:
+        if budget is not None and budget < 1:
+            raise ValueError(f"{name} must be at least 1, got {budget}: every run must end")
     if steps is not None:
         # A fixed number of optimizer steps whatever the training size: epochs run until the steps are spent,
         # and validation (for the best checkpoint) happens every tenth of the budget instead of every epoch.
@@ -79,7 +105,7 @@ def plan(
     for values in itertools.product(*grid.values()):
         settings = dict(zip(grid, values, strict=True))
         for seed in seeds:
-            cell = ",".join(f"{key.split('.')[-1]}={_value_name(value)}" for key, value in settings.items())
+            cell = ",".join(f"{key.split('.')[-1]}={value_name(value)}" for key, value in settings.items())
             name = f"{cell},seed={seed}"
             directory = sweep_dir / "runs" / name
             args = [
@@ -100,16 +126,27 @@ def plan(
                 f"--trainer.logger.version={name}",
             ]
             runs.append(Run(name, settings, seed, directory, args))
+    clash = next((name for name, count in Counter(run.name for run in runs).items() if count > 1), None)
+    if clash is not None:
+        raise ValueError(
+            f"two grid cells would share the run folder {clash}: give the grid keys distinct ends"
+        )
     return runs
+
+
+def read_result(run: Run) -> dict[str, Any] | None:
+    """The run's ``result.json``, or ``None`` where there is none or it is not a result (damaged, say)."""
+    try:
+        recorded = json.loads((run.directory / _RESULT).read_text())
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) and "status" in recorded else None
 
 
 def finished(run: Run) -> bool:
     """Whether the run succeeded with exactly these arguments (a changed config or budget reruns it)."""
-    result = run.directory / _RESULT
-    if not result.is_file():
-        return False
-    recorded = json.loads(result.read_text())
-    return recorded.get("status") == "ok" and recorded.get("args") == run.args
+    recorded = read_result(run)
+    return recorded is not None and recorded.get("status") == "ok" and recorded.get("args") == run.args
 
 
 @contextlib.contextmanager
@@ -133,8 +170,12 @@ def _output_to(path: Path) -> Iterator[None]:
 
 
 def execute(run: Run) -> dict[str, Any]:
-    """Fit, then test the best checkpoint in the same process; record the outcome, whatever it is."""
-    from binclf.cli import run_cli  # imported here, in the worker, so the parent never loads Lightning
+    """Fit, then test the best checkpoint in the same process; record the outcome, whatever it is, unless
+    the sweep is being stopped: then the run is left unfinished, to be redone by the next sweep."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    # Imported here, in the worker, so the parent never loads Lightning.
+    from binclf.cli import error_message, run_cli
 
     result: dict[str, Any] = {"run": run.name, "seed": run.seed, **run.settings}
     start = time.perf_counter()
@@ -146,6 +187,8 @@ def execute(run: Run) -> dict[str, Any]:
             try:
                 cli = run_cli(run.args)
                 cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
+            except SystemExit:
+                raise  # a bad setting: the parser has printed its message, a traceback adds nothing
             except BaseException:
                 traceback.print_exc()
                 raise
@@ -154,10 +197,9 @@ def execute(run: Run) -> dict[str, Any]:
         result |= {key: float(value) for key, value in sorted(metrics.items()) if key.startswith("test/")}
         result["histogram"] = training_histogram(cli.datamodule)
     except (Exception, SystemExit) as error:
-        lines = [line for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
-        # A parse error exits with a bare status; its message is the last line it printed.
-        message = lines[-1] if isinstance(error, SystemExit) and lines else f"{type(error).__name__}: {error}"
-        result |= {"status": "failed", "error": message}
+        if isinstance(error, SIGTERMException) or getattr(error, "code", None) in EXIT_STATUS.values():
+            raise  # the sweep is stopping its workers: this run is unfinished, not failed
+        result |= {"status": "failed", "error": _parse_error(log) or error_message(error)}
     result["wall_seconds"] = round(time.perf_counter() - start, 3)
     result["args"] = run.args
     with contextlib.suppress(OSError):  # no run directory to write in: the parent records the result
@@ -165,6 +207,18 @@ def execute(run: Run) -> dict[str, Any]:
         tmp.write_text(json.dumps(result, indent=1))
         os.replace(tmp, run.directory / _RESULT)
     return result
+
+
+def _parse_error(log: Path) -> str | None:
+    """The message of a setting the CLI's parser refused (it prints usage, then ``error: ...``)."""
+    lines = [line.strip() for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    start = next((i for i in reversed(range(len(lines))) if lines[i].startswith("error:")), None)
+    if start is None:
+        return None
+    message = lines[start].removeprefix("error:").strip()
+    if message.endswith(":") and start + 1 < len(lines):  # "Parser key "data":", then the reason
+        message += " " + lines[start + 1]
+    return message
 
 
 def training_histogram(datamodule: Any, bins: int = 50) -> dict[str, list[float]]:
@@ -184,11 +238,26 @@ def training_histogram(datamodule: Any, bins: int = 50) -> dict[str, list[float]
 
 
 def _worker_start() -> None:
-    # One intra-op thread per worker: several workers share the cores, and this model is too small to gain.
     import torch
 
+    # One intra-op thread per worker: several workers share the cores, and this model is too small to gain.
     torch.set_num_threads(1)
+    # Ctrl-C reaches every process of the terminal; the sweep's own process stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.argv = sys.argv[:1]  # each run's arguments are passed to the CLI directly, not through argv
+
+
+def _end_workers(grace_seconds: float = 10.0) -> None:
+    """Stop every worker process: SIGTERM, which Lightning turns into a stop at the next step, then SIGKILL
+    for any that has not ended within ``grace_seconds``. What they were running is redone next time."""
+    workers = multiprocessing.active_children()
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.join(grace_seconds)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def write_results(runs: list[Run], path: Path, fresh: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -196,13 +265,10 @@ def write_results(runs: list[Run], path: Path, fresh: dict[str, dict[str, Any]])
     that could not even write its file); runs never attempted get status ``missing``."""
     rows = []
     for run in runs:
-        result = run.directory / _RESULT
-        if result.is_file():
-            rows.append(json.loads(result.read_text()))
-        elif run.name in fresh:
-            rows.append(fresh[run.name])
-        else:
-            rows.append({"run": run.name, "seed": run.seed, **run.settings, "status": "missing", "error": ""})
+        recorded = read_result(run) or fresh.get(run.name)
+        if recorded is None:
+            recorded = {"run": run.name, "seed": run.seed, **run.settings, "status": "missing", "error": ""}
+        rows.append(recorded)
     settings = list(runs[0].settings) if runs else []
     metrics = sorted({key for row in rows for key in row if key.startswith("test/")})
     columns = _FIRST_COLUMNS[:1] + settings + _FIRST_COLUMNS[1:] + metrics + _LAST_COLUMNS
@@ -226,22 +292,30 @@ def run_sweep(runs: list[Run], workers: int) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     if not todo:
         return results
-    context = get_context("spawn")  # a fresh interpreter per worker: no inherited torch threads or locks
+    # A fresh interpreter per worker: no inherited torch threads or locks.
+    context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start) as pool:
-        futures = {pool.submit(execute, run): run for run in todo}
-        with tqdm(total=len(futures), unit="run", file=sys.stdout, dynamic_ncols=True) as bar:
-            for future in as_completed(futures):
-                run = futures[future]
-                try:
-                    result = future.result()
-                except Exception as error:  # the worker process itself died
-                    result = {"run": run.name, "seed": run.seed, **run.settings, "status": "failed"}
-                    result["error"] = f"{type(error).__name__}: {error}"
-                results[run.name] = result
-                if result["status"] != "ok":
-                    bar.write(f"failed: {run.name}: {result['error']}")
-                bar.set_postfix(failed=sum(r["status"] != "ok" for r in results.values()))
-                bar.update()
+        try:
+            futures = {pool.submit(execute, run): run for run in todo}
+            with tqdm(total=len(futures), unit="run", file=sys.stdout, dynamic_ncols=True) as bar:
+                for future in as_completed(futures):
+                    run = futures[future]
+                    try:
+                        result = future.result()
+                    except Exception as error:  # the worker process itself died
+                        result = {"run": run.name, "seed": run.seed, **run.settings, "status": "failed"}
+                        result["error"] = f"{type(error).__name__}: {error}"
+                    results[run.name] = result
+                    if result["status"] != "ok":
+                        bar.write(f"failed: {run.name}: {result['error']}")
+                    bar.set_postfix(failed=sum(r["status"] != "ok" for r in results.values()))
+                    bar.update()
+        except BaseException:  # stopped: no run may go on without the sweep that started it
+            for signal_number in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut this short
+                signal.signal(signal_number, signal.SIG_IGN)
+            pool.shutdown(wait=False, cancel_futures=True)
+            _end_workers()
+            raise
     return results
 
 
@@ -274,27 +348,41 @@ def parser() -> ArgumentParser:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``binclf-sweep``."""
+    """Entry point of ``binclf-sweep``. Ctrl-C or SIGTERM stops the workers, keeps every finished run and
+    writes ``results.csv``; the same command then carries on."""
     config = parser().parse_args(args)
     sweep_dir = Path(config.root) / config.name
     try:
-        if not config.grid:
-            raise ValueError("the grid is empty: give --grid or a sweep config with grid:")
+        if config.workers < 0:
+            raise ValueError(f"workers must be 0 (one per core) or more, got {config.workers}")
         runs = plan(
             config.base_config, config.grid, config.seeds, config.args, sweep_dir, config.epochs, config.steps
         )
+        x_key = config.plot.x or next(iter(config.grid))
+        line_key = config.plot.lines or (list(config.grid)[1] if len(config.grid) > 1 else None)
+        for name, key in [("plot.x", x_key), ("plot.lines", line_key)]:
+            if key is not None and key not in config.grid:
+                raise ValueError(f"{name} is {key!r}, which is not a grid key ({', '.join(config.grid)})")
     except ValueError as error:
         sys.exit(f"binclf-sweep: error: {error}")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     workers = config.workers or os.cpu_count() or 1
     start = time.perf_counter()
-    results = run_sweep(runs, workers)
-    rows = write_results(runs, sweep_dir / "results.csv", results)
-    from binclf.sweep_report import report  # matplotlib only once the runs are done
+    previous_handlers = signal.getsignal(signal.SIGINT), raise_on_sigterm()
+    try:
+        results = run_sweep(runs, workers)
+        rows = write_results(runs, sweep_dir / "results.csv", results)
+        from binclf.sweep_report import report  # matplotlib only once the runs are done
 
-    x_key = config.plot.x or next(iter(config.grid))
-    line_key = config.plot.lines or (list(config.grid)[1] if len(config.grid) > 1 else None)
-    report(rows, sweep_dir, x_key, line_key)
+        report(rows, sweep_dir, x_key, line_key)
+    except (KeyboardInterrupt, Terminated) as stop:
+        write_results(runs, sweep_dir / "results.csv", {})
+        name = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+        print(f"binclf-sweep: stopped by {name}; finished runs are kept: run the same command to go on")
+        sys.exit(EXIT_STATUS[name])
+    finally:
+        signal.signal(signal.SIGINT, previous_handlers[0])
+        signal.signal(signal.SIGTERM, previous_handlers[1])
     failed = sum(row["status"] != "ok" for row in rows)
     elapsed = time.perf_counter() - start
     print(f"Ran {len(results)} runs in {elapsed:.0f} s; {len(rows) - failed} of {len(rows)} ok")

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import imsave
 
 from binclf.plotting import accuracy_against_setting, to_image
+from binclf.sweep import value_name
 
 
 def _ordered(values: list[Any]) -> list[Any]:
@@ -32,13 +33,26 @@ def _group(rows: list[dict[str, Any]], x_key: str, line_key: str | None, metric:
     return groups
 
 
+def _name(value: Any) -> str:
+    """A grid value for titles and tables: whole numbers with thousands separators (10,000)."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value_name(value)
+
+
 def accuracy_figure(rows: list[dict[str, Any]], x_key: str, line_key: str | None, seeds: int) -> Figure:
+    every_x = _ordered([row[x_key] for row in rows])
+    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in every_x)
+    # Numbers are drawn where they lie; anything else (optimizer names, say) at even steps, labelled.
+    position = {x: (float(x) if numeric else float(i)) for i, x in enumerate(every_x)}
+
+    def positions(xs: list[Any]) -> np.ndarray:
+        return np.array([position[x] for x in xs])
+
     lines = {}
     for line_value, cells in sorted(_group(rows, x_key, line_key, "test/acc").items()):
         xs = _ordered(list(cells))
-        label = f"{_short(line_key)} = {line_value:,}" if line_key else "network"
+        label = f"{_short(line_key)} = {_name(line_value)}" if line_key else "network"
         lines[label] = (
-            np.array(xs, dtype=float),
+            positions(xs),
             np.array([np.mean(cells[x]) for x in xs]),
             np.array([np.std(cells[x]) for x in xs]),
         )
@@ -49,7 +63,7 @@ def accuracy_figure(rows: list[dict[str, Any]], x_key: str, line_key: str | None
             for x, values in cells.items():
                 pooled[x] += values
         xs = _ordered(list(pooled))
-        return (np.array(xs, dtype=float), np.array([np.mean(pooled[x]) for x in xs])) if xs else None
+        return (positions(xs), np.array([np.mean(pooled[x]) for x in xs])) if xs else None
 
     title = f"Test accuracy against {_short(x_key)}: mean ± sd over {seeds} seed(s) per point"
     return accuracy_against_setting(
@@ -58,7 +72,8 @@ def accuracy_figure(rows: list[dict[str, Any]], x_key: str, line_key: str | None
         across_lines("test/bayes_acc_analytic"),
         xlabel=x_key,
         title=title,
-        log_x=all(isinstance(x, (int, float)) and x > 0 for x in (row[x_key] for row in rows)),
+        log_x=numeric and all(x > 0 for x in every_x),
+        categories=None if numeric else [_name(x) for x in every_x],
     )
 
 
@@ -67,16 +82,15 @@ def markdown_table(rows: list[dict[str, Any]], x_key: str, line_key: str | None)
     accuracy = _group(rows, x_key, line_key, "test/acc")
     bayes = _group(rows, x_key, None, "test/bayes_acc").get(None, {})
     xs = _ordered([row[x_key] for row in rows])
-    header = f"| {_short(line_key) if line_key else ''} \\ {_short(x_key)} | " + " | ".join(
-        f"{x:g}" for x in xs
-    )
+    corner = f"{_short(line_key)} \\ {_short(x_key)}" if line_key else _short(x_key)
+    header = f"| {corner} | " + " | ".join(_name(x) for x in xs)
     lines = [header + " |", "|---" * (len(xs) + 1) + "|"]
 
     def cell(values: list[float]) -> str:
         return f"{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f}" if values else "—"
 
     for line_value in _ordered(list(accuracy)):
-        name = f"{line_value:,}" if isinstance(line_value, int) else str(line_value)
+        name = _name(line_value) if line_key else "network"
         lines.append(f"| {name} | " + " | ".join(cell(accuracy[line_value].get(x, [])) for x in xs) + " |")
     lines.append("| Bayes rule | " + " | ".join(cell(bayes.get(x, [])) for x in xs) + " |")
     return "\n".join(lines) + "\n"
@@ -104,7 +118,9 @@ def data_grid(rows: list[dict[str, Any]], x_key: str, line_key: str | None) -> F
             if not legend_drawn:
                 axes.legend(fontsize=7)
                 legend_drawn = True
-        title = f"{_short(x_key)}={x:g}" + (f", {_short(line_key)}={line_value:,}" if line_key else "")
+        title = f"{_short(x_key)}={_name(x)}" + (
+            f", {_short(line_key)}={_name(line_value)}" if line_key else ""
+        )
         axes.set_title(title, fontsize=8)
         axes.tick_params(labelsize=7)
     figure.suptitle(f"Training data of each cell (seed {seed}): classes a and b")
