@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from binclf import console
 from binclf.cli import run_cli
 from binclf.data import TwoGaussianDataModule
 from binclf.module import BinaryClassifier
+from binclf.monitoring import console
 from binclf.networks import MLP
 
 

@@ -23,9 +23,9 @@ def child(num_samples: int, batch_size: int) -> None:
     import torch
     from lightning.pytorch import Trainer
 
-    from binclf import console
     from binclf.data import TwoGaussianDataModule
     from binclf.module import BinaryClassifier
+    from binclf.monitoring import console
     from binclf.networks import MLP
 
     torch.set_num_threads(1)

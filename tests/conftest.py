@@ -8,24 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import DEFAULT_CONFIG, SMALL
 
 from binclf.cli import BinclfCLI, run_cli
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
-
-# The article's config, shrunk so that a fit takes a couple of seconds.
-SMALL = [
-    "--trainer.max_epochs=3",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--trainer.log_every_n_steps=5",
-    "--data.num_samples=1000",
-    "--data.num_val_samples=500",
-    "--data.num_test_samples=1000",
-    "--data.num_predict_points=101",
-    "--data.batch_size=64",
-    "--model.optimizer.lr=0.1",
-]
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DEFAULT_CONFIG, SMALL
+from helpers import DEFAULT_CONFIG, SMALL
 
-from binclf.cli import cli_main
+from binclf.command import cli_main
 
 
 def _truncated(fitted: Path, where: Path) -> str:
@@ -85,7 +85,7 @@ def _yaml(text: str) -> Callable[[Path, Path], str]:
     return _table("data.yaml", text.encode())
 
 
-TABLE = ["--data=binclf.tabular.TabularDataModule", "--data.path"]
+TABLE = ["--data=binclf.data.TabularDataModule", "--data.path"]
 CSV = _table("t.csv", f"x1,x2,label\n{ROWS}".encode())
 GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU, so the setting is valid")
 
@@ -111,7 +111,7 @@ CASES = {
     "negative thread count": ("fit", ["--torch_threads=-1"], "torch_threads"),
     "missing data file": (
         "fit",
-        ["--data=binclf.tabular.TabularDataModule", "--data.path=absent.csv"],
+        ["--data=binclf.data.TabularDataModule", "--data.path=absent.csv"],
         "absent.csv",
     ),
     "unknown setting": ("fit", ["--data.num_sampels=100"], "num_sampels"),

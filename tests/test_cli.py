@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch.profilers import PassThroughProfiler, SimpleProfiler
+from lightning.pytorch.profilers import SimpleProfiler
 
-from binclf.callbacks import DiagnosticFigures, PredictionWriter
 from binclf.cli import run_cli
 from binclf.networks import MLP
+from binclf.workarounds import NullProfiler
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -111,22 +111,16 @@ def test_model_seed_changes_weights_but_not_data(binclf):
 
 
 def test_torch_threads_setting(binclf):
-    binclf("fit", "--trainer.max_epochs=1", "--torch_threads=1")
-    assert torch.get_num_threads() == 1
-
-
-def test_each_callback_is_attached_only_to_the_subcommands_where_it_acts(binclf):
-    def ours(cli) -> set[type]:
-        return {type(callback) for callback in cli.trainer.callbacks} & {DiagnosticFigures, PredictionWriter}
-
-    assert ours(binclf("fit", "--trainer.max_epochs=1")) == {DiagnosticFigures}
-    assert ours(binclf("test")) == {DiagnosticFigures}
-    assert ours(binclf("predict")) == {PredictionWriter}
-    assert ours(binclf("validate")) == set()
+    threads = torch.get_num_threads()
+    try:
+        binclf("fit", "--trainer.max_epochs=1", "--torch_threads=2")  # not the default, so this can fail
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_configured_profiler_replaces_the_default_one_that_records_nothing(binclf):
-    assert isinstance(binclf("fit", "--trainer.max_epochs=1").trainer.profiler, PassThroughProfiler)
+    assert type(binclf("fit", "--trainer.max_epochs=1").trainer.profiler) is NullProfiler
     profiled = binclf("fit", "--trainer.max_epochs=1", "--trainer.profiler=simple").trainer.profiler
     assert isinstance(profiled, SimpleProfiler)
     assert "run_training_batch" in profiled.recorded_durations
@@ -165,7 +159,6 @@ def test_fit_and_test_on_gpu(binclf):
     assert test.trainer.callback_metrics["test/acc"] > 0.95
 
 
-@pytest.mark.slow
 def test_default_config_reaches_the_articles_accuracy(binclf):
     """The article's settings, unshrunk: 70 epochs on 20,000 samples. The Bayes limit is 99.38 %."""
     binclf("fit", "--trainer.enable_progress_bar=false", small=False)

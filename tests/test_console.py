@@ -7,9 +7,9 @@ import re
 import pytest
 from lightning.pytorch import Trainer
 
-from binclf.console import TimedProgressBar
 from binclf.data import TwoGaussianDataModule
 from binclf.module import BinaryClassifier
+from binclf.monitoring.console import TimedProgressBar
 from binclf.networks import MLP
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from binclf.batches import EpochBatchSampler, InMemoryBatches
 from binclf.data import TwoGaussianDataModule
+from binclf.data.batches import EpochBatchSampler, InMemoryBatches
 
 
 def make(stage: str = "fit", **kwargs) -> TwoGaussianDataModule:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from binclf.gaussians import TwoGaussians, normal_cdf
+from binclf.data.gaussians import TwoGaussians, normal_cdf
 
 
 def article() -> TwoGaussians:
@@ -22,8 +22,8 @@ def test_1d_equal_scale_llr_is_the_closed_form():
 
 def test_bayes_accuracy_on_a_large_sample_agrees_with_phi():
     gaussians = TwoGaussians(np.array([0.0]), np.array([1.0]), 0.5, 0.5)
-    data = gaussians.sample(500_000, np.random.default_rng(1))
-    correct = (gaussians.log_likelihood_ratio(data.features) > 0).float() == data.targets
+    features, targets = gaussians.sample(500_000, np.random.default_rng(1))
+    correct = (gaussians.log_likelihood_ratio(features) > 0).float() == targets
     accuracy = correct.double().mean().item()
     expected = normal_cdf(1.0 / (2 * 0.5))
     assert gaussians.bayes_accuracy == pytest.approx(expected)

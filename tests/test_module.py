@@ -53,13 +53,3 @@ def test_objects_passed_from_python_stay_out_of_hyperparameters():
     # A live module or a lambda in hparams would make checkpoints unpicklable or unsafe to load.
     model = BinaryClassifier(MLP(), optimizer=lambda params: torch.optim.Adam(params))
     assert not any(isinstance(v, nn.Module) or callable(v) for v in model.hparams.values())
-
-
-def test_attributes_still_register_beside_the_hook_name_shortcut():
-    model = BinaryClassifier(MLP())
-    model._current_fx_name = "training_step"  # stored directly: Lightning sets it around every hook
-    assert model._current_fx_name == "training_step"
-    model.extra = nn.Linear(1, 1)  # every other attribute goes through nn.Module as before
-    model.scale = nn.Parameter(torch.ones(1))
-    assert "extra" in model._modules
-    assert "scale" in model._parameters

@@ -3,6 +3,7 @@ and runs started together."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import resource
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEFAULT_CONFIG, SMALL
+from helpers import DEFAULT_CONFIG, SMALL
 
-from binclf.checkpoints import CheckpointError, SafeCheckpointIO, best_checkpoint, load_checkpoint
-from binclf.cli import cli_main
+from binclf.command import cli_main
+from binclf.runs import best_checkpoint
+from binclf.safe_io import CheckpointError, SafeCheckpointIO, load_checkpoint
 
 SCRIPT = str(Path(sys.executable).parent / "binclf")
 EPOCHS = 6
@@ -147,7 +149,6 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.T
     return _network_weights(root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signal_name", "status", "message"),
     [
@@ -192,7 +193,6 @@ def test_a_stopped_run_resumes_in_its_folder_to_bit_identical_weights(
     assert len({event.step for event in events.Scalars("val/acc")}) == EPOCHS  # every epoch's validation
 
 
-@pytest.mark.slow
 def test_runs_started_together_get_folders_of_their_own(tmp_path):
     command = [SCRIPT, "fit", "-c", str(DEFAULT_CONFIG), *SMALL]
     processes = [
@@ -213,7 +213,6 @@ def test_runs_started_together_get_folders_of_their_own(tmp_path):
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 
-@pytest.mark.slow
 def test_ddp_ranks_share_each_epoch_and_sync_their_metrics(binclf_process, tmp_path, monkeypatch):
     """Two ranks over gloo, through the real console script: the process boundary is the point."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -384,3 +383,23 @@ def test_a_full_disk_ends_in_one_line_and_no_run_folder(tmp_path, largest_file, 
     assert last.startswith("binclf: error:")
     assert named in last
     assert not list(tmp_path.glob("lightning_logs/version_*"))
+
+
+def test_val_acc_best_is_the_running_maximum_and_carries_over_a_resume(binclf, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # At this learning rate validation accuracy goes up and down, so a best that is only the latest value,
+    # or one that restarts when the run resumes, shows in the curve.
+    binclf("fit", "--trainer.max_epochs=4", "--model.optimizer.lr=1.0")
+    binclf("fit", "--trainer.max_epochs=8", "--model.optimizer.lr=1.0", "--ckpt_path=last")
+    events = EventAccumulator(str(tmp_path / "lightning_logs" / "version_0"), size_guidance={"scalars": 0})
+    events.Reload()
+
+    def curve(tag: str) -> list[float]:
+        return [event.value for event in sorted(events.Scalars(tag), key=lambda event: event.step)]
+
+    accuracy, best = curve("val/acc"), curve("val/acc_best")
+    assert len(accuracy) == len(best) == 8
+    assert accuracy[4] < max(accuracy[:4])  # the first epoch after the resume is worse than the best before
+    assert any(later < earlier for earlier, later in itertools.pairwise(accuracy[:4]))
+    assert best == pytest.approx(list(itertools.accumulate(accuracy, max)))

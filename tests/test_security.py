@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEFAULT_CONFIG, SMALL
+from helpers import DEFAULT_CONFIG, SMALL
 
-from binclf.cli import cli_main
+from binclf.command import cli_main
 
 # A module the attacker hopes to get imported: planted in the working directory, where `python -m` looks
 # first. Importing it, or calling its function, creates the marker.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from binclf.gaussians import normal_cdf
-from binclf.sweep import main, plan
+from binclf.data.gaussians import normal_cdf
+from binclf.study.sweep import finished, main, plan
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -198,3 +198,15 @@ def test_a_stopped_sweep_ends_its_workers_and_keeps_what_finished(
             os.kill(pid, 0)
     rows = read_rows(tmp_path / "lightning_logs" / "sweeps" / "stopped" / "results.csv")
     assert {row["status"] for row in rows.values()} == {"missing"}  # stopped runs are redone next time
+
+
+def test_a_finished_run_counts_as_done_only_for_the_arguments_it_ran_with(tmp_path):
+    [run] = plan("default.yaml", {"data.scale": [0.5]}, [0], [], tmp_path, 3, None)
+    [changed] = plan(
+        "default.yaml", {"data.scale": [0.5]}, [0], ["--model.optimizer.lr=0.1"], tmp_path, 3, None
+    )
+    assert run.directory == changed.directory
+    run.directory.mkdir(parents=True)
+    (run.directory / "result.json").write_text(json.dumps({"status": "ok", "args": run.args}))
+    assert finished(run)
+    assert not finished(changed)

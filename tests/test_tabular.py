@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from binclf.cli import run_cli
+from binclf.data import DataError, TabularDataModule
 from binclf.networks import LogisticRegression
-from binclf.tabular import DataError, TabularDataModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -259,3 +259,21 @@ def test_tables_from_spreadsheets_and_yaml_label_names_read_as_written(project):
     )
     assert fit.datamodule.feature_columns == ["x"]
     assert fit.datamodule.label_names == ["no", "yes"]
+
+
+def test_test_and_predict_standardise_with_the_statistics_the_model_was_trained_with(project):
+    fit = run_cli(["fit", "-c", "configs/tabular_example.yaml", "--trainer.max_epochs=2"])
+    trained = torch.load(fit.trainer.checkpoint_callback.best_model_path, weights_only=True)[
+        "TabularDataModule"
+    ]
+    # Another split seed gives other training rows, whose statistics differ from the checkpoint's.
+    other_split = ["--data.seed=1"]
+    fresh = TabularDataModule(
+        "configs/examples/emails.csv", id_column="email_id", label_names=["ham", "spam"], seed=1
+    )
+    assert fresh.mean != trained["mean"]
+    for subcommand in ("test", "predict"):
+        extra = ["--data.predict_path=configs/examples/new_emails.csv"] if subcommand == "predict" else []
+        cli = run_cli([subcommand, "-c", "configs/tabular_example.yaml", *other_split, *extra])
+        assert cli.datamodule.mean == trained["mean"]
+        assert cli.datamodule.std == trained["std"]

@@ -1,20 +1,19 @@
 """A data module with no oracle (real data) still trains, tests and draws what it can."""
 
 import torch
-from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch import Trainer
 
-from binclf.batches import EpochBatchSampler, InMemoryBatches
-from binclf.callbacks import DiagnosticFigures
-from binclf.gaussians import LabelledData
+from binclf.data import InMemoryDataModule, LabelledData
 from binclf.module import BinaryClassifier
+from binclf.monitoring.figures import DiagnosticFigures
 from binclf.networks import MLP
 
 
-class PlainData(LightningDataModule):
-    """Two features, labels from their sum: no densities known, so no ``log_likelihood_ratio``."""
+class PlainData(InMemoryDataModule):
+    """Two features, labels from their sum: no densities known, so no oracle (``has_oracle`` is False)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(batch_size=50, eval_batch_size=50, seed=0)
         generator = torch.Generator().manual_seed(0)
         features = torch.randn(1200, 2, generator=generator)
         targets = (features.sum(dim=1, keepdim=True) > 0).float()
@@ -22,17 +21,9 @@ class PlainData(LightningDataModule):
         self.val_set = LabelledData(features[800:1000], targets[800:1000])
         self.test_set = LabelledData(features[1000:], targets[1000:])
 
-    def _loader(self, data: LabelledData, shuffle: bool) -> InMemoryBatches:
-        return InMemoryBatches(*data, sampler=EpochBatchSampler(len(data.features), 50, shuffle=shuffle))
-
-    def train_dataloader(self) -> InMemoryBatches:
-        return self._loader(self.train_set, True)
-
-    def val_dataloader(self) -> InMemoryBatches:
-        return self._loader(self.val_set, False)
-
-    def test_dataloader(self) -> InMemoryBatches:
-        return self._loader(self.test_set, False)
+    @property
+    def input_dim(self) -> int:
+        return 2
 
 
 def test_training_and_testing_without_an_oracle(tmp_path):

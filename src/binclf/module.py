@@ -8,12 +8,13 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MeanSquaredError
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalibrationError
 
-from binclf.metrics import INFORMATIVE_LLR, PairedAccuracyGap
+from binclf.data import InMemoryDataModule
+from binclf.metrics import CALIBRATION_BINS, INFORMATIVE_LLR, PairedAccuracyGap
+from binclf.workarounds import built_by_lightning_cli
 
 
 class BinaryClassifier(LightningModule):
@@ -34,9 +35,9 @@ class BinaryClassifier(LightningModule):
         # LightningCLI hands over the parsed config of these arguments (class_path and init_args): plain data
         # that lets a checkpoint rebuild them. Objects passed from Python are left out: the state_dict holds
         # the weights, and a pickled module or function would make the checkpoint unloadable with
-        # ``weights_only=True``. (Lightning exposes whether the CLI is building the module only privately.)
-        from_cli = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=None if from_cli else ["network", "optimizer", "lr_scheduler"])
+        # ``weights_only=True``.
+        objects = None if built_by_lightning_cli() else ["network", "optimizer", "lr_scheduler"]
+        self.save_hyperparameters(ignore=objects)
         self.network = network
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -51,22 +52,13 @@ class BinaryClassifier(LightningModule):
         self.test_loss = MeanMetric(nan_strategy="disable")
         self.test_acc = BinaryAccuracy()
         self.test_auroc = BinaryAUROC()
-        self.test_ece = BinaryCalibrationError(n_bins=15)
+        self.test_ece = BinaryCalibrationError(n_bins=CALIBRATION_BINS)
         self.test_brier = MeanSquaredError()
         # Against the oracle, when the data module has one (synthetic data): the Bayes rule, same points.
         self.test_bayes_acc = BinaryAccuracy()
         self.test_acc_gap = PairedAccuracyGap()
         self.test_llr_rmse = MeanSquaredError(squared=False)
         self._oracle: Callable[[Tensor], Tensor] | None = None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning records the running hook in ``_current_fx_name`` before and after every hook call, about
-        # 44 times per training step. ``nn.Module.__setattr__`` first checks the value against parameters,
-        # buffers and submodules (~4 µs a time); a hook's name is none of those, so it is stored directly.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[n, 1]``: the inference path."""
@@ -87,7 +79,7 @@ class BinaryClassifier(LightningModule):
                 f"the training loss became {loss.item()} at epoch {self.current_epoch}, step "
                 f"{self.global_step}: training diverged; lower the learning rate (--model.optimizer.lr)"
             )
-        # ``self.log`` costs about as much as this model's whole step, so call it only on the steps that the
+        # ``self.log`` is costly next to a step of a model this small, so call it only on the steps that the
         # logger records (Lightning's own rule: every ``log_every_n_steps`` optimizer steps).
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:
@@ -120,7 +112,9 @@ class BinaryClassifier(LightningModule):
         self.log("hp_metric", best, sync_dist=True)  # TensorBoard's HPARAMS tab ranks runs by this key
 
     def on_test_start(self) -> None:
-        self._oracle = getattr(self.trainer.datamodule, "log_likelihood_ratio", None)
+        datamodule = self.trainer.datamodule
+        oracle = isinstance(datamodule, InMemoryDataModule) and datamodule.has_oracle
+        self._oracle = datamodule.log_likelihood_ratio if oracle else None
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, logits, targets = self.model_step(batch)
@@ -159,7 +153,7 @@ class BinaryClassifier(LightningModule):
         self.test_acc_gap.reset()
         # Already combined across ranks by the metric; sync_dist only averages identical values.
         self.log_dict({"test/acc_gap": gap, "test/acc_gap_se": standard_error}, sync_dist=True)
-        analytic = getattr(self.trainer.datamodule, "bayes_accuracy_analytic", None)
+        analytic = self.trainer.datamodule.bayes_accuracy_analytic
         if analytic is not None:
             self.log("test/bayes_acc_analytic", analytic, sync_dist=True)
 

@@ -49,7 +49,7 @@ def histogram_on(
 ) -> None:
     """Both classes on the same ``bins`` bins over ``value_range``, with Bayes boundaries where given."""
     edges = np.linspace(*value_range, bins + 1)
-    # One filled outline per class: ``hist`` makes a rectangle per bin, and took 3x as long to build and draw.
+    # One filled outline per class: ``hist`` makes a rectangle per bin, which is slower to build and draw.
     for coordinate, label in [(coordinate_a, "a (label 0)"), (coordinate_b, "b (label 1)")]:
         axes.stairs(np.histogram(coordinate, bins=edges)[0], edges, fill=True, alpha=0.6, label=label)
     for i, boundary in enumerate([] if boundaries is None else boundaries):

@@ -1,5 +1,5 @@
 """The worked example for "Use your own data": a small table of e-mails, spam or ham, made up from a fixed
-seed. ``python -m binclf.examples [folder]`` writes ``emails.csv`` (labelled) and ``new_emails.csv``
+seed. ``python -m binclf.data.examples [folder]`` writes ``emails.csv`` (labelled) and ``new_emails.csv``
 (features only) into ``folder`` (default ``configs/examples``)."""
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
 
-from binclf.plotting import accuracy_against_setting, to_image
-from binclf.sweep import value_name
+from binclf.monitoring.plotting import accuracy_against_setting, to_image
+from binclf.safe_io import atomic_write
+from binclf.study.sweep import value_name
 
 
 def _ordered(values: list[Any]) -> list[Any]:
@@ -111,7 +111,7 @@ def data_grid(rows: list[dict[str, Any]], x_key: str, line_key: str | None) -> F
         axes = grid[i][j]
         histogram = cells.get((line_value, x), {}).get("histogram")
         if histogram is None:
-            axes.text(0.5, 0.5, "no data (run failed)", ha="center", va="center", transform=axes.transAxes)
+            axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
         else:
             for name in ("a", "b"):
                 axes.stairs(histogram[name], histogram["edges"], fill=True, alpha=0.6, label=name)
@@ -145,9 +145,8 @@ def report(
     writer = SummaryWriter(str(sweep_dir / "summary"))
     for name, figure in figures.items():
         image = to_image(figure)
-        tmp = sweep_dir / f".{name}.png.tmp"
-        imsave(tmp, image, format="png")
-        os.replace(tmp, sweep_dir / f"{name}.png")
+        atomic_write(sweep_dir / f"{name}.png", lambda tmp, pixels=image: imsave(tmp, pixels, format="png"))
         writer.add_image(f"sweep/{name}", image, dataformats="HWC")
     writer.close()
-    (sweep_dir / "results.md").write_text(markdown_table(rows, x_key, line_key))
+    table = markdown_table(rows, x_key, line_key)
+    atomic_write(sweep_dir / "results.md", lambda tmp: tmp.write_text(table))

@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
-
-
-class LabelledData(NamedTuple):
-    """Features ``[n, dim]`` and float targets ``[n, 1]`` (0 for class a, 1 for class b)."""
-
-    features: Tensor
-    targets: Tensor
 
 
 def normal_cdf(z: float) -> float:
@@ -40,8 +32,9 @@ class TwoGaussians:
         # Plots use one coordinate: x itself in 1-D, else the projection onto the mean difference.
         self.direction = difference / norm if self.dim > 1 and norm > 0 else np.eye(self.dim)[0]
 
-    def sample(self, num_per_class: int, rng: np.random.Generator) -> LabelledData:
-        """``num_per_class`` points of class a (label 0), then as many of class b (label 1)."""
+    def sample(self, num_per_class: int, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+        """Features ``[2n, dim]`` and targets ``[2n, 1]``: ``n = num_per_class`` points of class a (label 0),
+        then as many of class b (label 1)."""
         features = np.empty((2 * num_per_class, self.dim), dtype=np.float32)
         # In place, so that a 10^7-sample draw costs its own bytes and no temporaries.
         rng.standard_normal(out=features, dtype=np.float32)
@@ -51,7 +44,7 @@ class TwoGaussians:
         features[num_per_class:] += self.mean_b.astype(np.float32)
         targets = torch.zeros(2 * num_per_class, 1)
         targets[num_per_class:] = 1.0
-        return LabelledData(torch.from_numpy(features), targets)
+        return torch.from_numpy(features), targets
 
     def log_likelihood_ratio(self, x: Tensor) -> Tensor:
         """log p(x | b) − log p(x | a), ``[n, 1]``, computed in float64 and returned in ``x``'s dtype."""

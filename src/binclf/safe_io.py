@@ -1,7 +1,8 @@
-"""Checkpoint files: written whole or not at all, read as plain data only, and found for a fresh process.
+"""File safety: files written whole or not at all, and checkpoints read as data, never as code.
 
-Plain LightningCLI evaluates the untrained model when given no ``--ckpt_path`` (or ``last``), and cannot
-resolve ``best`` outside the process that ran ``fit``. Here both come from the files a fit run leaves.
+Everything binclf writes (checkpoints, figures, predictions, a sweep's results) goes through
+:func:`atomic_write`; every checkpoint it reads goes through :func:`load_checkpoint` and, before LightningCLI
+parses their hyperparameters, :func:`check_hyperparameters`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import os
 import pickle
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import Namespace
 from lightning.fabric.plugins import TorchCheckpointIO
-
-_VERSION = re.compile(r"version_(\d+)")
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -37,7 +39,7 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be trusted or read, with a message that names it."""
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", *, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint as plain data (``weights_only=True``): tensors, numbers, strings and containers,
     shaped as Lightning writes them (a dict with its version key and a ``state_dict`` of tensors).
 
@@ -45,7 +47,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     cannot run code here. A file cut short or damaged is reported as such, never half-read. What the
     checkpoint *names* (its hyperparameters) is checked separately, by :func:`check_hyperparameters`.
     """
-    state = _unpickle(path, map_location)
+    state = _unpickle(path, map_location, mmap)
     if not isinstance(state, dict):
         raise CheckpointError(
             f"checkpoint {path} is not a Lightning checkpoint: it holds a {type(state).__name__}"
@@ -65,9 +67,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     return state
 
 
-def _unpickle(path: str | Path, map_location: Any) -> Any:
+def _unpickle(path: str | Path, map_location: Any, mmap: bool) -> Any:
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as error:
@@ -154,25 +156,39 @@ def check_hyperparameters(
                 plain(argument, f"{key}.{part}.{name}")
 
 
-def changed_data_settings(checkpoint: dict[str, Any], data: dict[str, Any]) -> list[str]:
-    """How the data settings of a parsed config (``class_path`` and ``init_args``) differ from those a
-    checkpoint was trained with, one ``"data.key: old in the checkpoint, new now"`` per setting."""
-    stored = {
-        k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if k != "_instantiator"
-    }
-    stored_class = stored.pop("_class_path", data.get("class_path"))
-    if stored_class != data.get("class_path"):
-        return [f"data: {stored_class} in the checkpoint, {data.get('class_path')} now"]
-    now = data.get("init_args") or {}
+def _class_paths(value: Any) -> Iterator[str]:
+    """Every ``class_path`` in a parsed config, at any depth."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        if isinstance(value.get("class_path"), str):
+            yield value["class_path"]
+        for item in value.values():
+            yield from _class_paths(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _class_paths(item)
 
-    def plain(value: Any) -> Any:
-        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
-    return [
-        f"data.{key}: {stored[key]!r} in the checkpoint, {now[key]!r} now"
-        for key in sorted(stored.keys() & now.keys())
-        if plain(stored[key]) != plain(now[key])
+def trusted_classes(config: Namespace) -> set[str]:
+    """The classes that a checkpoint's hyperparameters may name: binclf's networks and data modules,
+    torch's optimizers and LR schedulers, and the classes this command's own config names."""
+    from binclf.data import TabularDataModule, TwoGaussianDataModule
+    from binclf.networks import MLP, LogisticRegression
+
+    own = [MLP, LogisticRegression, TwoGaussianDataModule, TabularDataModule]
+    optimizers = [c for c in vars(torch.optim).values() if isinstance(c, type) and issubclass(c, Optimizer)]
+    schedulers = [
+        c
+        for c in vars(torch.optim.lr_scheduler).values()
+        if isinstance(c, type) and issubclass(c, (LRScheduler, ReduceLROnPlateau))
     ]
+    trusted = {f"{c.__module__}.{c.__qualname__}" for c in [*own, *optimizers, *schedulers]}
+    # Classes by the public names configs use: torch.optim.SGD, not torch.optim.sgd.SGD; binclf.data.X.
+    trusted |= {f"torch.optim.{c.__name__}" for c in optimizers}
+    trusted |= {f"torch.optim.lr_scheduler.{c.__name__}" for c in schedulers}
+    trusted |= {f"binclf.data.{c.__name__}" for c in own if c.__module__.startswith("binclf.data")}
+    return trusted | set(_class_paths(config))
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -180,8 +196,14 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     - Save: :func:`atomic_write`. A process killed mid-write leaves the previous checkpoint whole (and
       a stray ``.tmp`` file). No fsync: this guards against a killed process, not against a power cut.
-    - Load: :func:`load_checkpoint`, plain data only.
+    - Load: :func:`load_checkpoint`, plain data only. ``checked`` is a checkpoint the CLI has already read
+      and checked, ``(path, contents)``: Lightning gets those contents for that path once, instead of
+      reading the file again, which someone could have replaced in between.
     """
+
+    def __init__(self, checked: tuple[Path, dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self._checked = checked
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if storage_options is not None or "://" in str(path):
@@ -197,85 +219,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
         # ``weights_only`` is ignored on purpose: every load here is plain data only.
+        if self._checked is not None and Path(path).resolve() == self._checked[0].resolve():
+            (_, contents), self._checked = self._checked, None
+            return contents
         return load_checkpoint(path, map_location=map_location or (lambda storage, loc: storage))
-
-
-def latest_run_checkpoints(root: Path) -> Path | None:
-    """The ``checkpoints`` folder of the newest ``version_N`` under ``root`` that holds any checkpoint.
-
-    Folders that ``test`` and ``predict`` runs create hold no checkpoint, so they are skipped.
-    """
-    runs = []
-    for folder in root.glob("version_*"):
-        match = _VERSION.fullmatch(folder.name)
-        if match and any((folder / "checkpoints").glob("*.ckpt")):
-            runs.append((int(match.group(1)), folder / "checkpoints"))
-    return max(runs)[1] if runs else None
-
-
-def best_checkpoint(directory: Path) -> Path | None:
-    """The best checkpoint recorded in ``directory/last.ckpt`` by a ModelCheckpoint that monitors a metric;
-    else the newest file."""
-    last = directory / "last.ckpt"
-    if last.is_file():
-        state = load_checkpoint(last)
-        for key, callback_state in state.get("callbacks", {}).items():
-            monitors = key.startswith("ModelCheckpoint") and callback_state.get("monitor")
-            if monitors and callback_state.get("best_model_path"):
-                # By name: the run directory may have moved since the absolute path was recorded.
-                best = directory / Path(callback_state["best_model_path"]).name
-                if best.is_file():
-                    return best
-    checkpoints = list(directory.glob("*.ckpt"))
-    return max(checkpoints, key=lambda p: p.stat().st_mtime) if checkpoints else None
-
-
-def resolve_checkpoint(request: str | None, search_root: Path, *, in_run_dirs: bool = True) -> Path:
-    """Turn ``--ckpt_path`` into a file: ``None`` or ``best`` gives the best checkpoint of the latest run,
-    ``last`` its ``last.ckpt``, anything else is taken as a path.
-
-    ``search_root`` is the logger's folder of ``version_N`` runs, or, with ``in_run_dirs=False``, a
-    checkpoint folder configured directly. Raises ``FileNotFoundError`` with a message for the user.
-    """
-    if request not in (None, "best", "last"):
-        path = Path(request)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint file not found: {path}")
-        return path
-    directory = latest_run_checkpoints(search_root) if in_run_dirs else search_root
-    found = None
-    if directory is not None and directory.is_dir():
-        found = best_checkpoint(directory) if request != "last" else directory / "last.ckpt"
-    if found is None or not found.is_file():
-        wanted = "last.ckpt" if request == "last" else "checkpoint"
-        raise FileNotFoundError(
-            f"no {wanted} found under {search_root}: run `binclf fit` first, or pass --ckpt_path FILE"
-        )
-    return found
-
-
-def claim_run_dir(root: Path) -> int:
-    """Create the next free ``root/version_N`` and return ``N``.
-
-    ``mkdir`` fails when another process has just made the same folder, so runs started at the same moment
-    in the same place each get their own folder, where a logger that picks ``N`` by listing would give
-    both the same one.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    taken = [int(match.group(1)) for p in root.iterdir() if (match := _VERSION.fullmatch(p.name))]
-    version = max(taken, default=-1) + 1
-    while True:
-        try:
-            (root / f"version_{version}").mkdir()
-            return version
-        except FileExistsError:
-            version += 1
-
-
-def run_version(checkpoint: Path, root: Path) -> int | None:
-    """``N`` when ``checkpoint`` lies in ``root/version_N/checkpoints``: the run it belongs to."""
-    run = checkpoint.resolve().parent.parent
-    match = _VERSION.fullmatch(run.name)
-    if match and checkpoint.resolve().parent.name == "checkpoints" and run.parent == root.resolve():
-        return int(match.group(1))
-    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from binclf.console import say
-from binclf.gaussians import LabelledData
-from binclf.in_memory import InMemoryDataModule
+from binclf.data.in_memory import InMemoryDataModule, LabelledData
+
+log = logging.getLogger(__name__)  # the CLI shows binclf's INFO messages on the console
 
 # Array kinds a table may hold: booleans, integers, floats, and text (for labels and ids).
 _READABLE_KINDS = "biufUS"
@@ -264,10 +265,8 @@ class TabularDataModule(InMemoryDataModule):
         self._features = torch.from_numpy(table.numbers(self.feature_columns))
         self._splits = self._split(values)
         if label_names is None:
-            say(
-                f"Labels from {self.path}: 0 = {values[0]!r}, 1 = {values[1]!r} "
-                "(set data.label_names to choose)"
-            )
+            mapping = f"0 = {values[0]!r}, 1 = {values[1]!r}"
+            log.info(f"Labels from {self.path}: {mapping} (set data.label_names to choose)")
         train = self._features[self._splits["train"]]
         self.mean = train.mean(dim=0).tolist()
         # A constant feature gets scale 1, not a division by zero.
@@ -283,6 +282,11 @@ class TabularDataModule(InMemoryDataModule):
     def projection_label(self) -> str:
         """The x axis of the data histogram, which shows the first feature column."""
         return f"{self.feature_columns[0]} (first feature)"
+
+    @property
+    def description(self) -> str:
+        """The table, for figure titles."""
+        return self.path.name
 
     def _check_labels(self, labels: np.ndarray, path: Path) -> None:
         unknown = sorted(set(labels.tolist()) - set(self.label_names))
@@ -350,8 +354,8 @@ class TabularDataModule(InMemoryDataModule):
         """Standardise with the training split's statistics (restored from the checkpoint when testing)."""
         return (features - torch.tensor(self.mean)) / torch.tensor(self.std)
 
-    def prediction_columns(self, index: np.ndarray) -> dict[str, list[Any]]:
-        """What identifies each predicted row in the predictions file."""
+    def prediction_columns(self, index: np.ndarray, features: np.ndarray) -> dict[str, list[Any]]:
+        """What identifies each predicted row in the predictions file: its id, or its row number."""
         return {self.id_column or "row": [self.predict_ids[i] for i in index]}
 
     def state_dict(self) -> dict[str, Any]:

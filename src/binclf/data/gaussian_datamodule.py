@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from binclf.gaussians import LabelledData, TwoGaussians
-from binclf.in_memory import InMemoryDataModule
+from binclf.data.gaussians import TwoGaussians
+from binclf.data.in_memory import InMemoryDataModule, LabelledData
 
 # Each split draws from its own child of the data seed, so changing one split's size leaves the others as
 # they were: the test set is the same points whatever the training size.
@@ -62,6 +62,8 @@ class TwoGaussianDataModule(InMemoryDataModule):
     Because the densities are known, the data module is also an oracle: :meth:`log_likelihood_ratio` gives
     the Bayes rule on any points.
     """
+
+    has_oracle = True
 
     def __init__(
         self,
@@ -136,7 +138,7 @@ class TwoGaussianDataModule(InMemoryDataModule):
 
     def _draw(self, split: int, num_per_class: int) -> LabelledData:
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(split,)))
-        return self.gaussians.sample(num_per_class, rng)
+        return LabelledData(*self.gaussians.sample(num_per_class, rng))
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.train_set is None:

@@ -16,6 +16,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from binclf.metrics import CALIBRATION_BINS, INFORMATIVE_LLR
+
 
 @rank_zero_only
 def say(message: str) -> None:
@@ -27,6 +29,20 @@ def say(message: str) -> None:
 def warn(message: str) -> None:
     """Print once to stderr, prefixed ``binclf:``: for what a user must know after a failure."""
     print(f"binclf: {message}", file=sys.stderr)
+
+
+class _Say(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        say(self.format(record))
+
+
+def show_binclf_messages() -> None:
+    """Print binclf's own INFO messages (a data module's, say), once per DDP run, as binclf prints the rest:
+    modules log what the user should see, and only the CLI decides where it goes."""
+    logger = logging.getLogger("binclf")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(handler, _Say) for handler in logger.handlers):
+        logger.addHandler(_Say())
 
 
 class _DropMessages(logging.Filter):
@@ -55,14 +71,18 @@ def quiet_inapplicable_messages() -> None:
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval")
 
 
+def expect_existing_checkpoints() -> None:
+    """A resumed run writes into its own checkpoint folder, which holds checkpoints by design."""
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty")
+
+
 class TimedProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, redrawn while fitting at most every ``min_interval`` seconds and after each
     loop's last batch; ``test`` and ``predict`` bars are Lightning's, redrawn every batch.
 
     Lightning's bar redraws, metrics and all, every ``refresh_rate`` batches; for a model this small a
-    redraw costs about as much as a training step, and a fixed step count cannot suit both this model's
-    several hundred steps a second and a large model's one. A time limit does, as tqdm's own
-    ``mininterval`` (0.1 s).
+    redraw is as costly as a training step, and no fixed step count suits both a small model's many steps a
+    second and a large model's few. A time limit does, as tqdm's own ``mininterval`` does.
     """
 
     def __init__(self, min_interval: float = 0.1, process_position: int = 0, leave: bool = False) -> None:
@@ -111,8 +131,8 @@ def test_summary(metrics: Mapping[str, float]) -> str:
         gap, error = 100 * value("test/acc_gap"), 100 * value("test/acc_gap_se")
         lines.append(f"  gap to Bayes          {gap:+.3f} ± {error:.3f} pp")
     lines.append(f"  AUROC                 {value('test/auroc'):.5f}")
-    lines.append(f"  ECE (15 bins)         {value('test/ece'):.4f}")
+    lines.append(f"  {f'ECE ({CALIBRATION_BINS} bins)':<22}{value('test/ece'):.4f}")
     lines.append(f"  Brier score           {value('test/brier'):.5f}")
     if "test/llr_rmse" in metrics:
-        lines.append(f"  llr RMSE, |llr| ≤ 4   {value('test/llr_rmse'):.3f}")
+        lines.append(f"  {f'llr RMSE, |llr| ≤ {INFORMATIVE_LLR:g}':<22}{value('test/llr_rmse'):.3f}")
     return "\n".join(lines)

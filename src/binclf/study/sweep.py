@@ -34,7 +34,7 @@ from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from binclf.interrupts import EXIT_STATUS, Terminated, raise_on_sigterm
+from binclf.command import EXIT_STATUS, Terminated, raise_on_sigterm
 
 _RESULT = "result.json"
 _FIRST_COLUMNS = ["run", "seed", "status"]
@@ -175,7 +175,9 @@ def execute(run: Run) -> dict[str, Any]:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     # Imported here, in the worker, so the parent never loads Lightning.
-    from binclf.cli import error_message, run_cli
+    from binclf.cli import run_cli
+    from binclf.command import error_message
+    from binclf.safe_io import atomic_write
 
     result: dict[str, Any] = {"run": run.name, "seed": run.seed, **run.settings}
     start = time.perf_counter()
@@ -203,9 +205,7 @@ def execute(run: Run) -> dict[str, Any]:
     result["wall_seconds"] = round(time.perf_counter() - start, 3)
     result["args"] = run.args
     with contextlib.suppress(OSError):  # no run directory to write in: the parent records the result
-        tmp = run.directory / f".{_RESULT}.tmp"
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, run.directory / _RESULT)
+        atomic_write(run.directory / _RESULT, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
     return result
 
 
@@ -221,14 +221,19 @@ def _parse_error(log: Path) -> str | None:
     return message
 
 
-def training_histogram(datamodule: Any, bins: int = 50) -> dict[str, list[float]]:
+def training_histogram(datamodule: Any, bins: int = 50) -> dict[str, list[float]] | None:
     """Class-wise counts of the training data along the data module's plotting coordinate, for the
-    report's grid of cells: a few numbers in ``result.json`` instead of the data itself."""
+    report's grid of cells: a few numbers in ``result.json`` instead of the data itself. ``None`` for a data
+    module that is not an ``InMemoryDataModule``: its data cannot be drawn."""
     import numpy as np
 
+    from binclf.data import InMemoryDataModule
+
+    if not isinstance(datamodule, InMemoryDataModule):
+        return None
     features, targets = datamodule.train_set
-    coordinate = (datamodule.project(features) if hasattr(datamodule, "project") else features[:, 0]).numpy()
-    value_range = getattr(datamodule, "feature_range", None) or (coordinate.min(), coordinate.max())
+    coordinate = datamodule.project(features).numpy()
+    value_range = datamodule.feature_range or (coordinate.min(), coordinate.max())
     edges = np.linspace(*value_range, bins + 1)
     labels = targets[:, 0].numpy()
     counts = {
@@ -272,12 +277,16 @@ def write_results(runs: list[Run], path: Path, fresh: dict[str, dict[str, Any]])
     settings = list(runs[0].settings) if runs else []
     metrics = sorted({key for row in rows for key in row if key.startswith("test/")})
     columns = _FIRST_COLUMNS[:1] + settings + _FIRST_COLUMNS[1:] + metrics + _LAST_COLUMNS
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns, restval="", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=columns, restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    from binclf.safe_io import atomic_write  # here: it loads torch, which the sweep's own process needs late
+
+    atomic_write(path, write)
     return rows
 
 
@@ -372,7 +381,7 @@ def main(args: list[str] | None = None) -> None:
     try:
         results = run_sweep(runs, workers)
         rows = write_results(runs, sweep_dir / "results.csv", results)
-        from binclf.sweep_report import report  # matplotlib only once the runs are done
+        from binclf.study.report import report  # matplotlib only once the runs are done
 
         report(rows, sweep_dir, x_key, line_key)
     except (KeyboardInterrupt, Terminated) as stop:

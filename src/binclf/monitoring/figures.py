@@ -1,0 +1,175 @@
+"""The diagnostic figures: a run's data and the learned function, against the oracle where there is one."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+from matplotlib.image import imsave
+from torch import Tensor
+from torchmetrics.functional.classification import binary_auroc, binary_roc
+
+from binclf.data import InMemoryDataModule, LabelledData
+from binclf.metrics import CALIBRATION_BINS
+from binclf.monitoring.plotting import (
+    data_histogram,
+    logit_curve,
+    posterior_curve,
+    reliability_diagram,
+    roc_curve,
+    to_image,
+)
+from binclf.runs import run_dir
+from binclf.safe_io import atomic_write
+
+
+def _logits(pl_module: LightningModule, features: Tensor, chunk: int = 65_536) -> Tensor:
+    """The model's logits for every row of ``features``, in eval mode, without tracking gradients."""
+    was_training = pl_module.training
+    pl_module.eval()
+    with torch.inference_mode():
+        logits = torch.cat([pl_module(part.to(pl_module.device)).cpu() for part in features.split(chunk)])
+    pl_module.train(was_training)
+    return logits.float()
+
+
+def _sign_changes(coordinate: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Where ``values`` crosses zero along ``coordinate``, by linear interpolation."""
+    i = np.flatnonzero(np.sign(values[:-1]) != np.sign(values[1:]))
+    return coordinate[i] - values[i] * (coordinate[i + 1] - coordinate[i]) / (values[i + 1] - values[i])
+
+
+class DiagnosticFigures(Callback):
+    """Five figures at the end of ``fit`` and of ``test``, as TensorBoard images (``figures/<name>``) and as
+    ``<name>.png`` in the run directory:
+
+    - ``data_histogram``: the article's Figure 1 (training data after fit, test data after test), with the
+      Bayes boundary;
+    - ``posterior``: the learned p(b | x) against the true posterior;
+    - ``logit_vs_llr``: the learned logit against the true log-likelihood ratio;
+    - ``roc`` and ``reliability``: on the validation set after fit, on the test set after test.
+
+    A data module with an oracle (``has_oracle``) gets all five; one without (real data) gets the
+    histogram, ROC and reliability diagram. Multi-dimensional data is drawn along the data module's
+    ``project`` coordinate, named on the axis. Data modules other than :class:`InMemoryDataModule` get none:
+    the figures need its contract.
+    """
+
+    def __init__(
+        self, bins: int = 100, calibration_bins: int = CALIBRATION_BINS, grid_points: int = 501
+    ) -> None:
+        for name, value in [
+            ("bins", bins),
+            ("calibration_bins", calibration_bins),
+            ("grid_points", grid_points),
+        ]:
+            if value < 2:
+                raise ValueError(f"{name} must be at least 2, got {value}")
+        self.bins = bins
+        self.calibration_bins = calibration_bins
+        self.grid_points = grid_points
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if isinstance(datamodule, InMemoryDataModule):
+            self._draw(
+                trainer,
+                pl_module,
+                "training data",
+                datamodule.train_set,
+                "validation set",
+                datamodule.val_set,
+            )
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if isinstance(datamodule, InMemoryDataModule):
+            test_set = datamodule.test_set
+            self._draw(trainer, pl_module, "test data", test_set, "test set", test_set)
+
+    def _draw(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        data_name: str,
+        data: LabelledData | None,
+        eval_name: str,
+        evaluation: LabelledData | None,
+    ) -> None:
+        """Histogram ``data``; draw ROC and reliability on ``evaluation``; the names go in the titles."""
+        if not trainer.is_global_zero:
+            return
+        datamodule: InMemoryDataModule = trainer.datamodule
+        xlabel, settings = datamodule.projection_label, datamodule.description
+        figures: dict[str, Figure] = {}
+
+        boundaries = None
+        if datamodule.has_oracle:
+            coordinate, points = datamodule.grid(self.grid_points)
+            coordinate = coordinate.numpy()
+            llr = datamodule.log_likelihood_ratio(points)[:, 0].numpy()
+            logit = _logits(pl_module, datamodule.transform(points))[:, 0].numpy()
+            boundaries = _sign_changes(coordinate, llr)
+            figures["posterior"] = posterior_curve(
+                coordinate, _sigmoid(logit), _sigmoid(llr), xlabel=xlabel, title=f"p(b | x): {settings}"
+            )
+            figures["logit_vs_llr"] = logit_curve(
+                coordinate, logit, llr, xlabel=xlabel, title=f"Logit and true llr: {settings}"
+            )
+
+        if data is not None:
+            coordinate = datamodule.project(data.features).numpy()
+            labels = data.targets[:, 0].numpy()
+            value_range = datamodule.feature_range or (coordinate.min(), coordinate.max())
+            figures["data_histogram"] = data_histogram(
+                coordinate[labels == 0],
+                coordinate[labels == 1],
+                value_range,
+                bins=self.bins,
+                boundaries=boundaries,
+                xlabel=xlabel,
+                title=f"{data_name.capitalize()}: {settings}",
+            )
+
+        if evaluation is not None:
+            targets = evaluation.targets[:, 0]
+            probabilities = torch.sigmoid(_logits(pl_module, datamodule.transform(evaluation.features)))[:, 0]
+            curves = {"network": _roc(probabilities, targets)}
+            if datamodule.has_oracle:
+                curves["Bayes rule"] = _roc(
+                    datamodule.log_likelihood_ratio(evaluation.features)[:, 0], targets
+                )
+            figures["roc"] = roc_curve(curves, title=f"ROC, {eval_name}: {settings}")
+            figures["reliability"] = reliability_diagram(
+                probabilities.numpy(),
+                targets.numpy(),
+                bins=self.calibration_bins,
+                title=f"Reliability, {eval_name}: {settings}",
+            )
+        self._save(trainer, figures)
+
+    @staticmethod
+    def _save(trainer: Trainer, figures: dict[str, Figure]) -> None:
+        directory = run_dir(trainer)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, figure in figures.items():
+            image = to_image(figure)
+            atomic_write(
+                directory / f"{name}.png", lambda tmp, pixels=image: imsave(tmp, pixels, format="png")
+            )
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_image(
+                        f"figures/{name}", image, trainer.global_step, dataformats="HWC"
+                    )
+
+
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-values))
+
+
+def _roc(scores: Tensor, targets: Tensor) -> tuple[np.ndarray, np.ndarray, float]:
+    fpr, tpr, _ = binary_roc(scores, targets.int())
+    return fpr.numpy(), tpr.numpy(), float(binary_auroc(scores, targets.int()))

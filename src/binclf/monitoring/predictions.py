@@ -1,0 +1,80 @@
+"""Predictions as a CSV file in the run directory."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from binclf.data import InMemoryDataModule
+from binclf.safe_io import atomic_write
+
+
+class PredictionWriter(Callback):
+    """Writes ``predict`` results as CSV in the run directory, one row per input, in input order.
+
+    The first columns identify each row: the data module's ``prediction_columns`` (``index`` and the
+    features, or a table's id column). Then come ``logit``, ``probability`` of class 1, and
+    ``predicted_label``: the data module's ``label_names[1]`` when the probability exceeds ``threshold``, else
+    ``label_names[0]``. Predict batches are ``(features, index)``.
+    Under DDP each rank writes ``<stem>.rank<N>.csv``.
+    """
+
+    def __init__(self, filename: str = "predictions.csv", threshold: float = 0.5) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+        self.filename = filename
+        self.threshold = threshold
+        self.path: Path | None = None
+        self._batches: list[tuple[torch.Tensor, ...]] = []
+
+    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._batches = []
+
+    def on_predict_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: dict[str, torch.Tensor],
+        batch: tuple[torch.Tensor, ...],
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        features, index = batch[0], batch[1]
+        self._batches.append(
+            tuple(t.detach().cpu() for t in (index, features, outputs["logit"], outputs["probability"]))
+        )
+
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        index, features, logits, probabilities = (
+            torch.cat(parts).numpy() for parts in zip(*self._batches, strict=True)
+        )
+        self._batches = []
+        order = index.argsort(kind="stable")
+        datamodule = trainer.datamodule
+        if isinstance(datamodule, InMemoryDataModule):
+            identity = datamodule.prediction_columns(index[order], features[order])
+            label_names = datamodule.label_names
+        else:
+            identity, label_names = {"index": index[order].tolist()}, ["0", "1"]
+        name = Path(self.filename)
+        if trainer.world_size > 1:
+            name = name.with_name(f"{name.stem}.rank{trainer.global_rank}{name.suffix}")
+        # Every rank runs this hook, so the collective ``trainer.log_dir`` gives all of them rank 0's folder.
+        directory = Path(trainer.log_dir or trainer.default_root_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / name
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as file:
+                writer = csv.writer(file)
+                writer.writerow([*identity, "logit", "probability", "predicted_label"])
+                for k, i in enumerate(order):
+                    probability = probabilities[i, 0]
+                    label = label_names[int(probability > self.threshold)]
+                    row = [column[k] for column in identity.values()]
+                    writer.writerow([*row, str(logits[i, 0]), str(probability), label])
+
+        atomic_write(self.path, write)

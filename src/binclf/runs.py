@@ -1,0 +1,195 @@
+"""Run folders: which ``version_N`` a command logs into, which checkpoint it evaluates or resumes, and what
+it leaves behind when it fails.
+
+Plain LightningCLI evaluates the untrained model when given no ``--ckpt_path`` (or ``last``), cannot resolve
+``best`` outside the process that ran ``fit``, and lets two runs started together share a folder. Here the
+folder is worked out once from the unbuilt config, claimed by creating it, and checkpoints are found from
+the files a fit run leaves.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch import Trainer
+
+from binclf.safe_io import load_checkpoint
+
+_VERSION = re.compile(r"version_(\d+)")
+
+
+def log_root(trainer: Namespace) -> Path | None:
+    """Where the configured logger keeps its ``version_N`` runs, read from the config before it is built;
+    ``None`` for a logger that names its own folders, or none."""
+    logger = trainer.get("logger")
+    default_root = Path(trainer.get("default_root_dir") or ".")
+    if logger is None or logger is True:  # Lightning's default: a TensorBoardLogger in default_root_dir
+        return default_root / "lightning_logs"
+    if isinstance(logger, list):
+        logger = logger[0] if logger else None
+    init_args = logger.get("init_args") if isinstance(logger, (dict, Namespace)) else None
+    if not init_args or not init_args.get("save_dir"):
+        return None
+    return Path(init_args["save_dir"]) / (init_args.get("name") or "lightning_logs")
+
+
+def run_dir(trainer: Trainer) -> Path:
+    """A built trainer's run folder (``lightning_logs/version_N``) as the global-zero process knows it.
+
+    Unlike ``trainer.log_dir`` this is no collective call, so rank-0-only code and code that runs after the
+    DDP process group has gone can use it. Other ranks may see another version number.
+    """
+    logger = trainer.logger
+    return Path((logger.log_dir if logger is not None else None) or trainer.default_root_dir)
+
+
+class RunFolder:
+    """The ``root/version_N`` folder one command logs into: an existing run it resumes, or one it claims.
+
+    ``root`` is :func:`log_root` of the command's config, worked out once; ``None`` when the logger names
+    its own folders, and then nothing here applies.
+    """
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+        self.version: int | None = None
+        self.claimed = False  # created by this command, so this command may remove it
+        self._created_root = False
+
+    @property
+    def path(self) -> Path | None:
+        return None if self.root is None or self.version is None else self.root / f"version_{self.version}"
+
+    def resume(self, version: int) -> None:
+        self.version = version
+
+    def claim(self) -> None:
+        """Create the next free ``version_N``. ``mkdir`` fails when another process has just made the same
+        folder, so runs started at the same moment in the same place each get their own, where a logger
+        that picks ``N`` by listing would give both the same one."""
+        self._created_root = not self.root.exists()
+        self.root.mkdir(parents=True, exist_ok=True)
+        taken = [int(match.group(1)) for p in self.root.iterdir() if (match := _VERSION.fullmatch(p.name))]
+        for version in itertools.count(max(taken, default=-1) + 1):
+            try:
+                (self.root / f"version_{version}").mkdir()
+            except FileExistsError:
+                continue
+            self.version, self.claimed = version, True
+            return
+
+    def checkpoints(self) -> list[Path]:
+        return sorted((self.path / "checkpoints").glob("*.ckpt")) if self.path is not None else []
+
+    def remove_if_unfinished(self) -> bool:
+        """Remove the folder if this command created it and it holds no checkpoint: a config and a few
+        events would look like a finished run. Returns whether it was removed."""
+        if not self.claimed or self.checkpoints() or not self.path.is_dir():
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._created_root and not any(self.root.iterdir()):
+            self.root.rmdir()
+        return True
+
+    def resume_config_name(self) -> str:
+        """The name of a resume's config: ``config.yaml`` stays the record of how the run began."""
+        return next(
+            name
+            for name in (f"config.resumed-{n}.yaml" for n in itertools.count(1))
+            if not (self.path / name).exists()
+        )
+
+    def version_of(self, checkpoint: Path) -> int | None:
+        """``N`` when ``checkpoint`` lies in ``root/version_N/checkpoints``: the run it belongs to."""
+        run = checkpoint.resolve().parent.parent
+        match = _VERSION.fullmatch(run.name)
+        in_a_run = checkpoint.resolve().parent.name == "checkpoints" and self.root is not None
+        if match and in_a_run and run.parent == self.root.resolve():
+            return int(match.group(1))
+        return None
+
+
+def latest_run_checkpoints(root: Path) -> Path | None:
+    """The ``checkpoints`` folder of the newest ``version_N`` under ``root`` that holds any checkpoint.
+
+    Folders that ``test`` and ``predict`` runs create hold no checkpoint, so they are skipped.
+    """
+    runs = []
+    for folder in root.glob("version_*"):
+        match = _VERSION.fullmatch(folder.name)
+        if match and any((folder / "checkpoints").glob("*.ckpt")):
+            runs.append((int(match.group(1)), folder / "checkpoints"))
+    return max(runs)[1] if runs else None
+
+
+def best_checkpoint(directory: Path) -> Path | None:
+    """The best checkpoint recorded in ``directory/last.ckpt`` by a ModelCheckpoint that monitors a metric;
+    else the newest file."""
+    last = directory / "last.ckpt"
+    if last.is_file():
+        state = load_checkpoint(last, mmap=True)  # only the callbacks' state is read, not the weights
+        for key, callback_state in state.get("callbacks", {}).items():
+            monitors = key.startswith("ModelCheckpoint") and callback_state.get("monitor")
+            if monitors and callback_state.get("best_model_path"):
+                # By name: the run directory may have moved since the absolute path was recorded.
+                best = directory / Path(callback_state["best_model_path"]).name
+                if best.is_file():
+                    return best
+    checkpoints = list(directory.glob("*.ckpt"))
+    return max(checkpoints, key=lambda p: p.stat().st_mtime) if checkpoints else None
+
+
+def find_checkpoint(request: str | None, root: Path | None, dirpath: str | None) -> Path:
+    """Turn ``--ckpt_path`` into a file: ``None`` or ``best`` gives the best checkpoint of the latest run,
+    ``last`` its ``last.ckpt``, anything else is taken as a path.
+
+    Runs are looked for under the logger's ``root``, or in ``--checkpoint.dirpath`` where one is set.
+    Raises ``FileNotFoundError`` or ``ValueError`` with a message for the user.
+    """
+    if request not in (None, "best", "last"):
+        path = Path(request)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        return path
+    if dirpath is None and root is None:
+        raise ValueError(
+            "cannot find checkpoints without a logger or --checkpoint.dirpath; pass --ckpt_path FILE"
+        )
+    search_root = Path(dirpath) if dirpath else root
+    directory = search_root if dirpath else latest_run_checkpoints(root)
+    found = None
+    if directory is not None and directory.is_dir():
+        found = best_checkpoint(directory) if request != "last" else directory / "last.ckpt"
+    if found is None or not found.is_file():
+        wanted = "last.ckpt" if request == "last" else "checkpoint"
+        raise FileNotFoundError(
+            f"no {wanted} found under {search_root}: run `binclf fit` first, or pass --ckpt_path FILE"
+        )
+    return found
+
+
+def changed_data_settings(checkpoint: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    """How the data settings of a parsed config (``class_path`` and ``init_args``) differ from those a
+    checkpoint was trained with, one ``"data.key: old in the checkpoint, new now"`` per setting: a resume
+    on other data is refused unless asked for."""
+    stored = {
+        k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if k != "_instantiator"
+    }
+    stored_class = stored.pop("_class_path", data.get("class_path"))
+    if stored_class != data.get("class_path"):
+        return [f"data: {stored_class} in the checkpoint, {data.get('class_path')} now"]
+    now = data.get("init_args") or {}
+
+    def plain(value: Any) -> Any:
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    return [
+        f"data.{key}: {stored[key]!r} in the checkpoint, {now[key]!r} now"
+        for key in sorted(stored.keys() & now.keys())
+        if plain(stored[key]) != plain(now[key])
+    ]

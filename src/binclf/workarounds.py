@@ -1,0 +1,73 @@
+"""Every place where binclf relies on a library internal, in one module.
+
+Each workaround here is kept because it buys behaviour, or a measured saving (``benchmarks/workarounds.py``),
+and each has a test in ``tests/test_workarounds.py`` that fails when the internal it relies on changes. The
+files people copy (the LightningModule, networks, data modules, configs) use public APIs only; they reach
+an internal, if at all, through a named helper here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import sys
+import threading
+from typing import Any, NoReturn
+
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.profilers import PassThroughProfiler
+
+
+def built_by_lightning_cli() -> bool:
+    """Whether LightningCLI is building the module now (behaviour, not speed).
+
+    LightningCLI hands ``save_hyperparameters`` the config it parsed (class paths and init args): plain
+    data from which a checkpoint rebuilds the network and optimizer. A module built from Python gets
+    objects instead, which must stay out of its checkpoints to keep them loadable as plain data. Lightning
+    says which case it is only through the private context variable ``_given_hyperparameters``.
+    """
+    return _given_hyperparameters.get() is not None
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """End the process as a normal exit would, minus freeing every module of torch and Lightning.
+
+    By now the command has closed its files and loggers; what a normal exit still does that matters is
+    joining non-daemon threads and running the ``atexit`` handlers. CPython has no public name for running
+    those (``atexit._run_exitfuncs``), and ``os._exit`` skips the rest of the teardown.
+    """
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def apply_checkpoint_hyperparameters(
+    parser: LightningArgumentParser, config: Namespace, hyperparameters: dict[str, Any]
+) -> Namespace:
+    """The model settings of a checkpoint, applied to ``config`` from contents already read and checked.
+
+    LightningCLI does this itself in ``_parse_ckpt_path``, from a second read of the file: someone who
+    replaced the file in between would get unchecked settings parsed. So binclf applies them here, as
+    LightningCLI would, and the caller clears ``ckpt_path`` until LightningCLI has passed that step
+    (``before_instantiate_classes``), which makes LightningCLI skip its own read.
+    """
+    subcommand = config["subcommand"]
+    settings = {key: value for key, value in hyperparameters.items() if key != "_instantiator"}
+    return parser.parse_object({subcommand: {"model": settings}}, config) if settings else config
+
+
+class NullProfiler(PassThroughProfiler):
+    """Lightning's default profiler, which records nothing, without the generator-based context manager it
+    still builds around every hook call (dozens per training step)."""
+
+    _NOTHING = contextlib.nullcontext()
+
+    def profile(self, action_name: str) -> contextlib.nullcontext:
+        return self._NOTHING

@@ -1,0 +1,73 @@
+"""Each workaround in ``binclf.workarounds`` relies on a library internal; each test here fails when that
+internal changes, instead of letting the workaround become a silent no-op."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import torch
+from faults import CountingProfiler
+from helpers import DEFAULT_CONFIG, SMALL
+
+import binclf.safe_io
+from binclf.cli import run_cli
+from binclf.workarounds import built_by_lightning_cli
+
+
+def test_lightning_cli_says_when_it_builds_the_module(binclf):
+    assert not built_by_lightning_cli()  # building from Python
+    fit = binclf("fit", "--trainer.max_epochs=1")
+    # Built by the CLI, the module kept the parsed config of its network and optimizer: what rebuilds them
+    # from a checkpoint. Had the private context variable stopped being set, these would be missing.
+    assert fit.model.hparams["network"]["class_path"] == "binclf.networks.MLP"
+    assert fit.model.hparams["optimizer"]["class_path"] == "torch.optim.SGD"
+
+
+def test_the_quick_exit_still_joins_threads_and_runs_atexit_handlers(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import atexit, threading
+        from pathlib import Path
+        from binclf.workarounds import exit_without_teardown
+
+        go = threading.Event()
+        def worker():
+            go.wait()
+            Path({str(tmp_path / "thread")!r}).touch()
+        threading.Thread(target=worker).start()
+        atexit.register(lambda: Path({str(tmp_path / "atexit")!r}).touch())
+        go.set()
+        exit_without_teardown(3)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 3, result.stderr
+    assert (tmp_path / "thread").exists()
+    assert (tmp_path / "atexit").exists()
+
+
+def test_lightning_still_asks_the_profiler_around_every_hook(binclf):
+    fit = binclf("fit", "--trainer.max_epochs=1", "--trainer.profiler=faults.CountingProfiler")
+    assert isinstance(fit.trainer.profiler, CountingProfiler)
+    # The no-op profiler saves a context manager per call; it is worth nothing if Lightning stops calling.
+    assert fit.trainer.profiler.calls > 10 * fit.trainer.global_step
+
+
+def test_the_checkpoint_is_read_once_and_lightning_cli_does_not_read_it_again(fitted, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["binclf"])
+    reads: list[str] = []
+    load = torch.load
+
+    def counting_load(path, *args, **kwargs):
+        reads.append(str(path))
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    run_cli(["test", "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path", str(fitted)])
+    assert reads.count(str(fitted)) == 1
+    assert binclf.safe_io.torch.load is counting_load  # the count saw every read binclf makes
