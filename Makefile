@@ -9,8 +9,13 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# Where torch alone comes from; empty: wherever pip looks by default. See the README's Requirements, e.g.
+# make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet --index-url $(TORCH_INDEX) --constraint constraints.txt torch)
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
 	touch $@
 
@@ -36,7 +41,9 @@ figures: install
 	$(BIN)/binclf fit -c configs/default.yaml --trainer.default_root_dir $$scratch --trainer.enable_progress_bar false && \
 	$(BIN)/binclf test -c configs/default.yaml --trainer.default_root_dir $$scratch --trainer.enable_progress_bar false \
 		| tee $$scratch/test.log && \
-	mkdir -p docs/figures && cp $$scratch/lightning_logs/version_1/*.png docs/figures/ && \
+	mkdir -p docs/figures && cp $$scratch/lightning_logs/version_0/training_loss.png docs/figures/ && \
+	for png in $$scratch/lightning_logs/version_0/test_*.png; do name=$$(basename $$png); \
+		cp $$png docs/figures/$${name#test_}; done && \
 	sed -n '/^Test summary/,/^  llr RMSE/p' $$scratch/test.log > docs/figures/test_summary.txt && \
 	rm -rf $$scratch
 

@@ -118,6 +118,11 @@ CASES = {
     "unknown key in a config file": ("fit", ["-c", _config_with_unknown_key], "num_sampels"),
     "wrong type": ("fit", ["--data.num_samples=many"], "num_samples"),
     "missing config file": ("fit", ["-c", "absent.yaml"], "absent.yaml"),
+    "config file that is not YAML": (
+        "fit",
+        ["-c", str(DEFAULT_CONFIG), "-c", _yaml("data:\n  scale: [0.2\n  seed: 1\n")],
+        "data.yaml, line 3, column 7: not valid YAML",
+    ),
     "missing checkpoint": ("test", ["--ckpt_path=absent.ckpt"], "absent.ckpt"),
     "truncated checkpoint": ("test", ["--ckpt_path", _truncated], "truncated.ckpt is incomplete"),
     "corrupted checkpoint": ("test", ["--ckpt_path", _corrupted], "corrupted.ckpt"),

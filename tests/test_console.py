@@ -13,8 +13,8 @@ from binclf.monitoring.console import TimedProgressBar
 from binclf.networks import MLP
 
 
-def bar_counts(capsys: pytest.CaptureFixture[str], min_interval: float, tmp_path) -> set[str]:
-    """The ``n/total`` counts that the training bar drew over a 2-epoch fit of 8 batches each."""
+def bar_counts(capsys: pytest.CaptureFixture[str], min_interval: float, tmp_path) -> set[tuple[str, str]]:
+    """The ``(epoch, n/total)`` pairs that the training bar drew over a 2-epoch fit of 8 batches each."""
     trainer = Trainer(
         max_epochs=2,
         accelerator="cpu",
@@ -28,10 +28,20 @@ def bar_counts(capsys: pytest.CaptureFixture[str], min_interval: float, tmp_path
     datamodule = TwoGaussianDataModule(num_samples=512, num_val_samples=64, batch_size=128)
     capsys.readouterr()
     trainer.fit(BinaryClassifier(MLP()), datamodule=datamodule)
-    return set(re.findall(r"Epoch \d+: +\d+%\|[^|]*\| (\d+/8)", capsys.readouterr().out))
+    return set(re.findall(r"Epoch (\d+/2): +\d+%\|[^|]*\| (\d+/\d+)", capsys.readouterr().out))
 
 
-def test_progress_bar_redraws_no_more_often_than_its_interval_but_always_at_the_end(capsys, tmp_path):
-    assert bar_counts(capsys, 0.0, tmp_path) >= {f"{n}/8" for n in range(1, 9)}  # no limit: every batch
-    # A limit longer than the run: each epoch's start and last batch, and the run's first batch.
-    assert bar_counts(capsys, 3600.0, tmp_path) == {"0/8", "1/8", "8/8"}
+def test_one_bar_for_the_whole_fit_redrawn_no_more_often_than_its_interval_but_always_at_epoch_ends(
+    capsys, tmp_path
+):
+    # One bar over all 16 steps of the fit, so that its time remaining is the fit's, not the epoch's.
+    every = {("1/2", f"{n}/16") for n in range(1, 9)} | {("2/2", f"{n}/16") for n in range(9, 17)}
+    assert bar_counts(capsys, 0.0, tmp_path) >= every  # no limit: every batch
+    # A limit longer than the run: the start, the first batch and each epoch's last batch.
+    assert bar_counts(capsys, 3600.0, tmp_path) == {
+        ("1/2", "0/16"),
+        ("1/2", "1/16"),
+        ("1/2", "8/16"),
+        ("2/2", "8/16"),
+        ("2/2", "16/16"),
+    }

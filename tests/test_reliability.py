@@ -255,7 +255,8 @@ def test_ddp_ranks_share_each_epoch_and_sync_their_metrics(binclf_process, tmp_p
     with torch.no_grad():
         val_acc = ((network(features) > 0).float() == targets).float().mean().item()
     assert max(fit_run.Scalars("val/acc"), key=lambda e: e.step).value == pytest.approx(val_acc, abs=1e-6)
-    test_run = EventAccumulator(str(tmp_path / "lightning_logs" / "version_1"), size_guidance={"scalars": 0})
+    # The test logs into the run it tests.
+    test_run = EventAccumulator(str(tmp_path / "lightning_logs" / "version_0"), size_guidance={"scalars": 0})
     test_run.Reload()
     features, targets = datamodule.test_set
     bayes = ((datamodule.log_likelihood_ratio(features) > 0).float() == targets).float().mean().item()

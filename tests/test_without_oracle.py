@@ -45,4 +45,8 @@ def test_training_and_testing_without_an_oracle(tmp_path):
     assert not {key for key in metrics if "bayes" in key or "llr" in key or "gap" in key}
     run = tmp_path / "lightning_logs" / "version_0"
     drawn = {path.stem for path in run.glob("*.png")}
-    assert drawn == {"data_histogram", "roc", "reliability"}
+    fitted, tested = (
+        {"training_loss", "data_histogram", "roc", "reliability"},
+        {"data_histogram", "roc", "reliability"},
+    )
+    assert drawn == fitted | {f"test_{name}" for name in tested}

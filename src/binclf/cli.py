@@ -7,30 +7,58 @@ checkpoint lookup in :mod:`binclf.runs`; checkpoint safety in :mod:`binclf.safe_
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from jsonargparse import Namespace, set_parsing_settings
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ModelSummary,
+    ProgressBar,
+)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from binclf import __version__
 from binclf.command import EXIT_STATUS, Terminated
 from binclf.module import BinaryClassifier
 from binclf.monitoring import console
 from binclf.monitoring.console import say, warn
 from binclf.monitoring.figures import DiagnosticFigures
 from binclf.monitoring.predictions import PredictionWriter
+from binclf.monitoring.tensorboard import hparams_row, write_hparams_row
 from binclf.runs import RunFolder, changed_data_settings, find_checkpoint, log_root, run_dir
 from binclf.safe_io import SafeCheckpointIO, check_hyperparameters, load_checkpoint, trusted_classes
 from binclf.workarounds import NullProfiler, apply_checkpoint_hyperparameters
 
 _EVALUATING = ("validate", "test", "predict")
+
+
+class BinclfArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, with help a person can read: where a setting takes any ``torch.nn.Module``,
+    jsonargparse lists every subclass torch has imported, hundreds of lines; here binclf's own are listed,
+    and the rest counted."""
+
+    def format_help(self) -> str:
+        def shorten(match: re.Match) -> str:
+            names = re.sub(r"\s+", "", match.group(1)).split(",")
+            own = [name for name in names if name.startswith(("binclf.networks.", "binclf.data."))]
+            if len(names) <= 12:
+                return match.group(0)
+            return f"known subclasses: {', '.join(own)}, and {len(names) - len(own)} more)"
+
+        return re.sub(r"known\s+subclasses:\s+([^)]*)\)", shorten, super().format_help())
 
 
 class BinclfCLI(LightningCLI):
@@ -40,6 +68,7 @@ class BinclfCLI(LightningCLI):
     one behind that looks finished when they fail."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._command_line = list(sys.argv[1:] if kwargs.get("args") is None else kwargs["args"])
         self.run_folder = RunFolder(None)  # worked out from the config once it is parsed
         self.checkpoint: tuple[Path, dict[str, Any]] | None = None  # --ckpt_path and its checked contents
         try:
@@ -104,7 +133,8 @@ class BinclfCLI(LightningCLI):
             return
         # Found, read once and checked before anything the checkpoint names is imported; the model is then
         # rebuilt from its settings, whatever the config says.
-        path = find_checkpoint(config.ckpt_path, self.run_folder.root, config.checkpoint.get("dirpath"))
+        dirpath = config.checkpoint.get("dirpath")
+        path = find_checkpoint(config.ckpt_path, self.run_folder.root, dirpath, data=config.data.as_dict())
         contents = load_checkpoint(path)
         hyperparameters = contents.get("hyper_parameters", {})
         settings = set(inspect.signature(self.model_class).parameters)
@@ -113,6 +143,8 @@ class BinclfCLI(LightningCLI):
         self.checkpoint = path, contents
         if subcommand == "fit":
             self._check_resume(path, config)
+        elif (version := self.run_folder.version_of(path)) is not None:
+            self.run_folder.resume(version)  # one fitted run, one TensorBoard run: its tests log into it
         self.config = apply_checkpoint_hyperparameters(parser, self.config, hyperparameters)
         self.config[subcommand].ckpt_path = None  # restored in before_instantiate_classes
 
@@ -153,14 +185,16 @@ class BinclfCLI(LightningCLI):
         """
         logger = trainer.get("logger")
         default = logger is None or logger is True
+        if isinstance(logger, Namespace) and str(logger.get("class_path")).endswith(".TensorBoardLogger"):
+            logger.init_args.default_hp_metric = False  # binclf writes the HParams row itself, see before_fit
         versioned = isinstance(logger, Namespace) and str(logger.get("class_path")).endswith(
             (".TensorBoardLogger", ".CSVLogger")
         )
         unversioned = default or (versioned and logger.init_args.get("version") is None)
         if self.run_folder.root is None or not unversioned:
             return
-        if self.run_folder.version is not None:  # resumed
-            name = self.run_folder.resume_config_name()
+        if self.run_folder.version is not None:  # a resumed run, or the run of the checkpoint evaluated
+            name = self.run_folder.config_name("resumed" if self.subcommand == "fit" else self.subcommand)
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": name}
         elif rank_zero_only.rank == 0:
             self.run_folder.claim()
@@ -172,7 +206,10 @@ class BinclfCLI(LightningCLI):
             trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
                 init_args=Namespace(
-                    save_dir=str(save_dir), name=self.run_folder.root.name, version=self.run_folder.version
+                    save_dir=str(save_dir),
+                    name=self.run_folder.root.name,
+                    version=self.run_folder.version,
+                    default_hp_metric=False,
                 ),
             )
         else:
@@ -186,10 +223,22 @@ class BinclfCLI(LightningCLI):
             kwargs["plugins"] = [*plugins, SafeCheckpointIO(checked=self.checkpoint)]
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        ours: list[Callback] = []
         if config.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):
-            kwargs["callbacks"] = [*callbacks, console.TimedProgressBar()]
+            if sys.stdout.isatty():
+                ours.append(console.TimedProgressBar())
+            else:  # a log file or a pipe: a line per epoch, not a bar redrawn a hundred times
+                ours.append(console.EpochLines())
+                kwargs["enable_progress_bar"] = False
+        if config.get("enable_model_summary") is not False and not any(
+            isinstance(c, ModelSummary) for c in callbacks
+        ):
+            ours.append(console.NetworkSummary())
+        if self.subcommand == "fit" and self.config["fit"].model.lr_scheduler is not None:
+            ours.append(LearningRateMonitor())
+        kwargs["callbacks"] = [*callbacks, *ours]
         if config.get("profiler") is None:
             kwargs["profiler"] = NullProfiler()
         return super().instantiate_trainer(**kwargs)
@@ -229,11 +278,22 @@ class BinclfCLI(LightningCLI):
             return OSError(error.errno, f"{error.strerror or error} (while writing the run {run.path})")
         return error
 
+    def before_fit(self) -> None:
+        write_hparams_row(self.trainer, hparams_row(self.config["fit"], self.model.hparams))
+
     def before_validate(self) -> None:
         say(f"Validating checkpoint {self.checkpoint[0]}")
+        self._binclf_summary_instead_of_lightnings_table()
 
     def before_test(self) -> None:
         say(f"Testing checkpoint {self.checkpoint[0]}")
+        self._binclf_summary_instead_of_lightnings_table()
+
+    def _binclf_summary_instead_of_lightnings_table(self) -> None:
+        """binclf prints its own summary after ``test``; Lightning's table of raw values comes back with
+        ``--verbose true``."""
+        if not any(arg.startswith("--verbose") for arg in self._command_line):
+            self.config_init[self.subcommand].verbose = False
 
     def before_predict(self) -> None:
         say(f"Predicting with checkpoint {self.checkpoint[0]}")
@@ -285,6 +345,7 @@ def run_cli(args: list[str] | None = None) -> BinclfCLI:
     """Run one ``binclf`` command and return the CLI, whose ``trainer`` holds the results (for tests)."""
     console.quiet_inapplicable_messages()
     console.show_binclf_messages()
+    check_config_files(sys.argv[1:] if args is None else args)
     # A second layer under check_hyperparameters, for every value parsed: jsonargparse keeps a class spec
     # that stands where any value is accepted as data instead of building it, and refuses import paths on
     # its denylist (os, subprocess, builtins.eval, ...) instead of only warning.
@@ -294,6 +355,27 @@ def run_cli(args: list[str] | None = None) -> BinclfCLI:
         LightningDataModule,  # any data module by class_path; TwoGaussianDataModule unless the config says
         subclass_mode_data=True,
         seed_everything_default=0,
+        # Without a config, `binclf fit` is the article's experiment: the other defaults already are.
+        trainer_defaults={"max_epochs": 70},
         auto_configure_optimizers=False,
+        parser_kwargs={"prog": "binclf", "version": __version__},
+        parser_class=BinclfArgumentParser,
         args=args,
     )
+
+
+def check_config_files(args: list[str]) -> None:
+    """Name a config file that is not valid YAML, with its line, before LightningCLI would print its whole
+    usage and an error about a ``<unicode string>``."""
+    paths = [value for flag, value in itertools.pairwise(args) if flag in ("-c", "--config")]
+    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    for path in map(Path, paths):
+        if not path.is_file():
+            continue  # LightningCLI says so itself
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ValueError(f"{path}{where}: not valid YAML ({problem})") from None

@@ -89,6 +89,9 @@ def main() -> None:
     """The ``binclf`` console script and ``python -m binclf``: :func:`cli_main`, then an exit that skips
     the interpreter's teardown (:func:`binclf.workarounds.exit_without_teardown`)."""
     raise_on_sigterm()  # from the first moment: a command stopped while it imports still exits with 143
+    if sys.stderr.isatty() and sys.argv[1:2] and not sys.argv[1].startswith("-"):
+        # Importing torch and Lightning takes seconds; a person at a terminal sees the command has begun.
+        print(f"binclf {sys.argv[1]}: starting...", file=sys.stderr, flush=True)
     try:
         cli_main()
         code = 0

@@ -96,11 +96,12 @@ class RunFolder:
             self.root.rmdir()
         return True
 
-    def resume_config_name(self) -> str:
-        """The name of a resume's config: ``config.yaml`` stays the record of how the run began."""
+    def config_name(self, command: str) -> str:
+        """The name under which a later command in this run (``resumed``, ``test``, ``predict``, ...) saves
+        its config: ``config.yaml`` stays the record of how the run began, and nothing is overwritten."""
         return next(
             name
-            for name in (f"config.resumed-{n}.yaml" for n in itertools.count(1))
+            for name in (f"config.{command}-{n}.yaml" for n in itertools.count(1))
             if not (self.path / name).exists()
         )
 
@@ -114,17 +115,22 @@ class RunFolder:
         return None
 
 
-def latest_run_checkpoints(root: Path) -> Path | None:
-    """The ``checkpoints`` folder of the newest ``version_N`` under ``root`` that holds any checkpoint.
+def unused_path(path: Path) -> Path:
+    """``path``, or ``stem-2.suffix``, ``stem-3.suffix``, ... if it is taken: a command that writes into
+    an existing run adds its files, and never replaces another command's."""
+    candidates = (path.with_name(f"{path.stem}-{n}{path.suffix}") for n in itertools.count(2))
+    return path if not path.exists() else next(p for p in candidates if not p.exists())
 
-    Folders that ``test`` and ``predict`` runs create hold no checkpoint, so they are skipped.
-    """
+
+def run_checkpoint_folders(root: Path) -> list[Path]:
+    """The ``checkpoints`` folders of the ``version_N`` runs under ``root`` that hold any checkpoint, newest
+    run first. Folders that evaluation commands of checkpoints outside any run create hold none."""
     runs = []
     for folder in root.glob("version_*"):
         match = _VERSION.fullmatch(folder.name)
         if match and any((folder / "checkpoints").glob("*.ckpt")):
             runs.append((int(match.group(1)), folder / "checkpoints"))
-    return max(runs)[1] if runs else None
+    return [folder for _, folder in sorted(runs, reverse=True)]
 
 
 def best_checkpoint(directory: Path) -> Path | None:
@@ -144,12 +150,16 @@ def best_checkpoint(directory: Path) -> Path | None:
     return max(checkpoints, key=lambda p: p.stat().st_mtime) if checkpoints else None
 
 
-def find_checkpoint(request: str | None, root: Path | None, dirpath: str | None) -> Path:
+def find_checkpoint(
+    request: str | None, root: Path | None, dirpath: str | None, data: dict[str, Any] | None = None
+) -> Path:
     """Turn ``--ckpt_path`` into a file: ``None`` or ``best`` gives the best checkpoint of the latest run,
     ``last`` its ``last.ckpt``, anything else is taken as a path.
 
-    Runs are looked for under the logger's ``root``, or in ``--checkpoint.dirpath`` where one is set.
-    Raises ``FileNotFoundError`` or ``ValueError`` with a message for the user.
+    Runs are looked for under the logger's ``root``, or in ``--checkpoint.dirpath`` where one is set. With
+    ``data`` (the command's data config), only runs trained on the same kind of data count: the same data
+    class, and the same ``dim`` where the data has one. Raises ``FileNotFoundError`` or ``ValueError`` with a
+    message for the user.
     """
     if request not in (None, "best", "last"):
         path = Path(request)
@@ -161,16 +171,45 @@ def find_checkpoint(request: str | None, root: Path | None, dirpath: str | None)
             "cannot find checkpoints without a logger or --checkpoint.dirpath; pass --ckpt_path FILE"
         )
     search_root = Path(dirpath) if dirpath else root
-    directory = search_root if dirpath else latest_run_checkpoints(root)
-    found = None
-    if directory is not None and directory.is_dir():
-        found = best_checkpoint(directory) if request != "last" else directory / "last.ckpt"
-    if found is None or not found.is_file():
-        wanted = "last.ckpt" if request == "last" else "checkpoint"
+    folders = [search_root] if dirpath else run_checkpoint_folders(root)
+    skipped = None
+    for folder in folders:
+        found = best_checkpoint(folder) if request != "last" else folder / "last.ckpt"
+        if found is None or not found.is_file():
+            continue
+        mismatch = other_kind_of_data(load_checkpoint(found, mmap=True), data) if data else None
+        if mismatch is None:
+            return found
+        skipped = skipped or (folder.parent, mismatch)
+    if skipped is not None:
+        run, mismatch = skipped
         raise FileNotFoundError(
-            f"no {wanted} found under {search_root}: run `binclf fit` first, or pass --ckpt_path FILE"
+            f"no run under {search_root} was trained on this kind of data: the newest, {run}, was trained on "
+            f"{mismatch}; pass --ckpt_path FILE to evaluate a checkpoint anyway"
         )
-    return found
+    wanted = "last.ckpt" if request == "last" else "checkpoint"
+    raise FileNotFoundError(
+        f"no {wanted} found under {search_root}: run `binclf fit` first, or pass --ckpt_path FILE"
+    )
+
+
+def other_kind_of_data(checkpoint: dict[str, Any], data: dict[str, Any]) -> str | None:
+    """What sets a checkpoint's data apart from the data a command is configured with (another data class,
+    another input dimension), in words; ``None`` when it is the same kind of data."""
+    stored = checkpoint.get("datamodule_hyper_parameters", {})
+    stored_class, now_class = stored.get("_class_path"), data.get("class_path")
+    if stored_class is not None and _short(stored_class) != _short(now_class):
+        return f"{_short(stored_class)}, not {_short(now_class)} as this command's config says"
+    stored_dim, now_dim = stored.get("dim"), (data.get("init_args") or {}).get("dim")
+    if stored_dim is not None and now_dim is not None and stored_dim != now_dim:
+        return f"data of dim={stored_dim}, not dim={now_dim} as this command's config says"
+    return None
+
+
+def _short(class_path: str | None) -> str | None:
+    """A class by its name alone: ``binclf.data.TwoGaussianDataModule`` and the module it lives in name the
+    same class."""
+    return class_path.rsplit(".", 1)[-1] if class_path else class_path
 
 
 def changed_data_settings(checkpoint: dict[str, Any], data: dict[str, Any]) -> list[str]:
@@ -181,7 +220,7 @@ def changed_data_settings(checkpoint: dict[str, Any], data: dict[str, Any]) -> l
         k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if k != "_instantiator"
     }
     stored_class = stored.pop("_class_path", data.get("class_path"))
-    if stored_class != data.get("class_path"):
+    if _short(stored_class) != _short(data.get("class_path")):
         return [f"data: {stored_class} in the checkpoint, {data.get('class_path')} now"]
     now = data.get("init_args") or {}
 

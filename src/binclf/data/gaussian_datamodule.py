@@ -103,6 +103,11 @@ class TwoGaussianDataModule(InMemoryDataModule):
         return self.gaussians.dim
 
     @property
+    def class_names(self) -> list[str]:
+        """The article's names for the two groups."""
+        return ["a", "b"]
+
+    @property
     def feature_range(self) -> tuple[float, float]:
         """Where nearly all the data lies along :meth:`project`: five scales beyond the outer means."""
         return self.gaussians.span(_SPAN_IN_SCALES)

@@ -29,7 +29,8 @@ class InMemoryDataModule(LightningDataModule):
 
     - :meth:`transform`: what the network sees (applied when a loader is built, after a checkpoint's state
       has been restored);
-    - :attr:`label_names`: what class 0 and class 1 are called, in predictions and figures;
+    - :attr:`label_names`: what class 0 and class 1 are called in predictions, and :attr:`class_names` in
+      figures;
     - the oracle, for data whose densities are known: :attr:`has_oracle`, :meth:`log_likelihood_ratio`,
       :attr:`bayes_accuracy_analytic` and :meth:`grid`; the model's test metrics and the figures use them;
     - how figures draw the data: :meth:`project`, :attr:`projection_label`, :attr:`feature_range`,
@@ -59,6 +60,11 @@ class InMemoryDataModule(LightningDataModule):
         self.val_set: LabelledData | None = None
         self.test_set: LabelledData | None = None
         self.predict_features: Tensor | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        """What figures call class 0 and class 1: the label names, unless a subclass knows better."""
+        return self.label_names
 
     @property
     def input_dim(self) -> int:

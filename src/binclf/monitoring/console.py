@@ -6,6 +6,7 @@ child processes (which re-run the CLI) get the same filters.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 import warnings
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelSummary, TQDMProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from binclf.metrics import CALIBRATION_BINS, INFORMATIVE_LLR
@@ -69,6 +70,17 @@ def quiet_inapplicable_messages() -> None:
     # train/loss is logged every log_every_n_steps optimizer steps across epoch boundaries, so short epochs
     # lose no points of the curve.
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval")
+    # binclf names the checkpoint it evaluates, and says how a fit ended, itself.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        _DropMessages(
+            "Restoring states from the checkpoint",
+            "Loaded model weights from the checkpoint",
+            "Restored all states from the checkpoint",
+            "Trainer already configured with model summary callbacks",
+            "TPU available:",
+            "` stopped: `",
+        )
+    )
 
 
 def expect_existing_checkpoints() -> None:
@@ -77,16 +89,18 @@ def expect_existing_checkpoints() -> None:
 
 
 class TimedProgressBar(TQDMProgressBar):
-    """Lightning's tqdm bar, redrawn while fitting at most every ``min_interval`` seconds and after each
-    loop's last batch; ``test`` and ``predict`` bars are Lightning's, redrawn every batch.
+    """Lightning's tqdm bar with one bar, and one time remaining, for the whole fit, redrawn at most every
+    ``min_interval`` seconds and after each epoch's last batch; ``test`` and ``predict`` bars are
+    Lightning's.
 
-    Lightning's bar redraws, metrics and all, every ``refresh_rate`` batches; for a model this small a
-    redraw is as costly as a training step, and no fixed step count suits both a small model's many steps a
-    second and a large model's few. A time limit does, as tqdm's own ``mininterval`` does.
+    Lightning's bar starts afresh every epoch, so its time remaining covers one epoch only, and it redraws,
+    metrics and all, every ``refresh_rate`` batches; for a model this small a redraw is as costly as a
+    training step, and no fixed step count suits both a small model's many steps a second and a large
+    model's few. A time limit does, as tqdm's own ``mininterval`` does.
     """
 
-    def __init__(self, min_interval: float = 0.1, process_position: int = 0, leave: bool = False) -> None:
-        super().__init__(refresh_rate=1, process_position=process_position, leave=leave)
+    def __init__(self, min_interval: float = 0.1, process_position: int = 0) -> None:
+        super().__init__(refresh_rate=1, process_position=process_position, leave=False)
         self.min_interval = min_interval
         self._drawn_at = -float("inf")
 
@@ -97,11 +111,22 @@ class TimedProgressBar(TQDMProgressBar):
         self._drawn_at = now
         return True
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        bar = self.train_progress_bar
+        total = trainer.estimated_stepping_batches
+        bar.reset(total=int(total) if math.isfinite(total) else None)
+        bar.n = bar.initial = trainer.global_step  # a resumed fit starts where it stopped
+
+    def on_train_epoch_start(self, trainer: Trainer, *_: Any) -> None:
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._due(batch_idx + 1, self.train_progress_bar.total):
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._due(batch_idx + 1, self.total_train_batches) and not self.train_progress_bar.disable:
+            self.train_progress_bar.n = trainer.global_step
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
 
     def on_validation_batch_end(
         self,
@@ -114,6 +139,27 @@ class TimedProgressBar(TQDMProgressBar):
     ) -> None:
         if self._due(batch_idx + 1, self.val_progress_bar.total):
             super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+
+class EpochLines(Callback):
+    """Instead of a progress bar, when the output is not a terminal (a log file, a pipe): one line per
+    epoch with the epoch's metrics, which reads well in a file."""
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if "/" in key}
+        shown = "  ".join(f"{key} {value:.4g}" for key, value in sorted(metrics.items()))
+        say(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  step {trainer.global_step}  {shown}")
+
+
+class NetworkSummary(ModelSummary):
+    """The model summary of the network alone: the LightningModule's other children are metric objects."""
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        network = pl_module.network
+        parameters = sum(p.numel() for p in network.parameters() if p.requires_grad)
+        say(f"Network, {parameters:,} trainable parameters:\n{network}")
 
 
 def test_summary(metrics: Mapping[str, float]) -> str:

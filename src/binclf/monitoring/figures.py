@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -20,6 +22,7 @@ from binclf.monitoring.plotting import (
     reliability_diagram,
     roc_curve,
     to_image,
+    training_loss,
 )
 from binclf.runs import run_dir
 from binclf.safe_io import atomic_write
@@ -42,9 +45,11 @@ def _sign_changes(coordinate: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 class DiagnosticFigures(Callback):
-    """Five figures at the end of ``fit`` and of ``test``, as TensorBoard images (``figures/<name>``) and as
-    ``<name>.png`` in the run directory:
+    """Figures at the end of ``fit`` and of ``test``, as TensorBoard images and PNG files in the run
+    directory: ``figures/<name>`` and ``<name>.png`` after fit, ``figures/test_<name>`` and
+    ``test_<name>.png`` after test, so that a run tested after it was fitted keeps both:
 
+    - ``training_loss`` (after fit): the article's Figure 2, the loss of every optimizer step on a log axis;
     - ``data_histogram``: the article's Figure 1 (training data after fit, test data after test), with the
       Bayes boundary;
     - ``posterior``: the learned p(b | x) against the true posterior;
@@ -70,24 +75,45 @@ class DiagnosticFigures(Callback):
         self.bins = bins
         self.calibration_bins = calibration_bins
         self.grid_points = grid_points
+        # The loss of every training step, kept in checkpoints so that a resumed run draws its whole curve.
+        self._steps: list[Tensor] = []
+        self._losses: list[Tensor] = []
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self._steps.append(torch.tensor(trainer.global_step))
+        self._losses.append(loss.detach())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        if not self._losses:
+            return {}
+        return {"steps": torch.stack(self._steps), "losses": torch.stack(self._losses).float().cpu()}
+
+    def load_state_dict(self, state_dict: dict[str, Tensor]) -> None:
+        if state_dict:
+            self._steps, self._losses = list(state_dict["steps"]), list(state_dict["losses"])
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        figures = {}
+        if self._losses and trainer.is_global_zero:
+            state = self.state_dict()
+            title = "Training loss (the article's Figure 2)"
+            steps, losses = state["steps"].numpy(), state["losses"].numpy()
+            figures["training_loss"] = training_loss(steps, losses, title=title)
         datamodule = trainer.datamodule
         if isinstance(datamodule, InMemoryDataModule):
-            self._draw(
-                trainer,
-                pl_module,
-                "training data",
-                datamodule.train_set,
-                "validation set",
-                datamodule.val_set,
-            )
+            train, val = datamodule.train_set, datamodule.val_set
+            figures |= self._draw(trainer, pl_module, "training data", train, "validation set", val)
+        self._save(trainer, figures, prefix="")
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         datamodule = trainer.datamodule
         if isinstance(datamodule, InMemoryDataModule):
-            test_set = datamodule.test_set
-            self._draw(trainer, pl_module, "test data", test_set, "test set", test_set)
+            test = datamodule.test_set
+            figures = self._draw(trainer, pl_module, "test data", test, "test set", test)
+            self._save(trainer, figures, prefix="test_")
 
     def _draw(
         self,
@@ -97,10 +123,10 @@ class DiagnosticFigures(Callback):
         data: LabelledData | None,
         eval_name: str,
         evaluation: LabelledData | None,
-    ) -> None:
+    ) -> dict[str, Figure]:
         """Histogram ``data``; draw ROC and reliability on ``evaluation``; the names go in the titles."""
         if not trainer.is_global_zero:
-            return
+            return {}
         datamodule: InMemoryDataModule = trainer.datamodule
         xlabel, settings = datamodule.projection_label, datamodule.description
         figures: dict[str, Figure] = {}
@@ -129,6 +155,7 @@ class DiagnosticFigures(Callback):
                 value_range,
                 bins=self.bins,
                 boundaries=boundaries,
+                class_names=tuple(datamodule.class_names),
                 xlabel=xlabel,
                 title=f"{data_name.capitalize()}: {settings}",
             )
@@ -146,24 +173,25 @@ class DiagnosticFigures(Callback):
                 probabilities.numpy(),
                 targets.numpy(),
                 bins=self.calibration_bins,
+                positive=datamodule.class_names[1],
                 title=f"Reliability, {eval_name}: {settings}",
             )
-        self._save(trainer, figures)
+        return figures
 
     @staticmethod
-    def _save(trainer: Trainer, figures: dict[str, Figure]) -> None:
+    def _save(trainer: Trainer, figures: dict[str, Figure], prefix: str) -> None:
+        if not figures:
+            return
         directory = run_dir(trainer)
         directory.mkdir(parents=True, exist_ok=True)
         for name, figure in figures.items():
             image = to_image(figure)
-            atomic_write(
-                directory / f"{name}.png", lambda tmp, pixels=image: imsave(tmp, pixels, format="png")
-            )
+            path = directory / f"{prefix}{name}.png"
+            atomic_write(path, lambda tmp, pixels=image: imsave(tmp, pixels, format="png"))
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_image(
-                        f"figures/{name}", image, trainer.global_step, dataformats="HWC"
-                    )
+                    tag = f"figures/{prefix}{name}"
+                    logger.experiment.add_image(tag, image, trainer.global_step, dataformats="HWC")
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:

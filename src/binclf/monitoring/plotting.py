@@ -46,11 +46,13 @@ def histogram_on(
     *,
     bins: int = 100,
     boundaries: np.ndarray | None = None,
+    class_names: tuple[str, str] = ("a", "b"),
 ) -> None:
     """Both classes on the same ``bins`` bins over ``value_range``, with Bayes boundaries where given."""
     edges = np.linspace(*value_range, bins + 1)
+    labels = [f"{name} (label {label})" for label, name in enumerate(class_names)]
     # One filled outline per class: ``hist`` makes a rectangle per bin, which is slower to build and draw.
-    for coordinate, label in [(coordinate_a, "a (label 0)"), (coordinate_b, "b (label 1)")]:
+    for coordinate, label in zip((coordinate_a, coordinate_b), labels, strict=True):
         axes.stairs(np.histogram(coordinate, bins=edges)[0], edges, fill=True, alpha=0.6, label=label)
     for i, boundary in enumerate([] if boundaries is None else boundaries):
         axes.axvline(boundary, color="black", linestyle="--", label="Bayes boundary" if i == 0 else None)
@@ -63,13 +65,31 @@ def data_histogram(
     *,
     bins: int = 100,
     boundaries: np.ndarray | None = None,
+    class_names: tuple[str, str] = ("a", "b"),
     xlabel: str = "x",
     title: str = "",
 ) -> Figure:
     """The article's Figure 1, with the Bayes decision boundaries marked where given."""
     figure, axes = _figure(title, xlabel, "number of samples")
-    histogram_on(axes, coordinate_a, coordinate_b, value_range, bins=bins, boundaries=boundaries)
+    histogram_on(
+        axes,
+        coordinate_a,
+        coordinate_b,
+        value_range,
+        bins=bins,
+        boundaries=boundaries,
+        class_names=class_names,
+    )
     axes.legend()
+    return figure
+
+
+def training_loss(steps: np.ndarray, losses: np.ndarray, *, title: str = "") -> Figure:
+    """The article's Figure 2: the training loss of every optimizer step, on a log axis."""
+    figure, axes = _figure(title, "optimizer step", "training loss (BCE)")
+    axes.set_position((0.16, 0.11, 0.81, 0.81))  # room for the labels of a log axis within one decade
+    axes.plot(steps, losses, linewidth=0.8)
+    axes.set_yscale("log")
     return figure
 
 
@@ -128,12 +148,20 @@ def roc_curve(
     *,
     title: str = "",
 ) -> Figure:
-    """ROC curves, each ``name: (false positive rates, true positive rates, AUROC)``."""
-    figure, axes = _figure(title, "false positive rate", "true positive rate")
-    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+    """ROC curves, each ``name: (false positive rates, true positive rates, AUROC)``.
+
+    The false positive rate is on a log axis, down to one negative point in the evaluation set: with an
+    AUROC near 1 the whole difference between curves lies at small false positive rates, which a linear
+    axis squeezes into its left edge.
+    """
+    figure, axes = _figure(title, "false positive rate (log)", "true positive rate")
+    smallest = min((fpr[fpr > 0].min() for fpr, _, _ in curves.values() if (fpr > 0).any()), default=1e-4)
+    chance = np.geomspace(smallest, 1, 50)
+    axes.plot(chance, chance, color="grey", linestyle=":", label="chance")
     for (name, (fpr, tpr, auroc)), style in zip(curves.items(), ["-", "--"], strict=False):
-        axes.plot(fpr, tpr, linestyle=style, label=f"{name} (AUROC {auroc:.4f})")
-    axes.set_xlim(-0.01, 1.01)
+        axes.step(fpr, tpr, where="post", linestyle=style, label=f"{name} (AUROC {auroc:.4f})")
+    axes.set_xscale("log")
+    axes.set_xlim(smallest / 2, 1.01)
     axes.set_ylim(-0.01, 1.01)
     axes.legend(loc="lower right")
     return figure
@@ -144,13 +172,14 @@ def reliability_diagram(
     targets: np.ndarray,
     *,
     bins: int = 15,
+    positive: str = "b",
     title: str = "",
 ) -> Figure:
-    """Observed frequency of class b against the mean predicted probability, in ``bins`` equal-width bins.
-
-    A calibrated model lies on the diagonal. Marker area follows the number of points in each bin.
+    """Observed frequency of the ``positive`` class (class 1) against the mean predicted probability, in
+    ``bins`` equal-width bins. A calibrated model lies on the diagonal. Marker area follows the number of
+    points in each bin.
     """
-    figure, axes = _figure(title, "mean predicted p(b | x)", "observed fraction of class b")
+    figure, axes = _figure(title, f"mean predicted p({positive} | x)", f"observed fraction of {positive}")
     which = np.clip((probabilities * bins).astype(int), 0, bins - 1)
     counts = np.bincount(which, minlength=bins)
     filled = counts > 0
@@ -168,6 +197,7 @@ def reliability_diagram(
 
 def accuracy_against_setting(
     lines: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    gaps: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     bayes: tuple[np.ndarray, np.ndarray] | None,
     analytic: tuple[np.ndarray, np.ndarray] | None,
     *,
@@ -176,21 +206,43 @@ def accuracy_against_setting(
     log_x: bool = True,
     categories: list[str] | None = None,
 ) -> Figure:
-    """Test accuracy against a setting: ``lines[label] = (x, mean, spread)`` drawn with error bars, beside
-    the Bayes rule measured on the same test points and its analytic value, each ``(x, accuracy)``.
-    With ``categories``, x is the position of each named setting (0, 1, ...)."""
-    figure, axes = _figure(title, xlabel, "test accuracy")
-    for label, (x, mean, spread) in lines.items():
-        axes.errorbar(x, mean, yerr=spread, marker="o", markersize=4, capsize=3, label=label)
+    """Test accuracy against a setting, and below it the gap to the Bayes rule on the same test points.
+
+    ``lines[label] = (x, mean, spread)`` are drawn with error bars beside the Bayes rule measured on the
+    same test points and its analytic value, each ``(x, accuracy)``; ``gaps`` has the same form, in
+    percentage points. Lines that coincide on the accuracy scale part on the gap's; each line is also
+    shifted a little sideways, so that none hides another. With ``categories``, x is the position of each
+    named setting (0, 1, ...).
+    """
+    figure = Figure(figsize=(6.4, 6.6))
+    top = figure.add_axes((0.12, 0.42, 0.85, 0.52))
+    bottom = figure.add_axes((0.12, 0.08, 0.85, 0.26), sharex=top)
+    top.set_title(title, fontsize=10)
+    top.set_ylabel("test accuracy")
+    bottom.set_ylabel("Bayes rule − network (pp)")
+    bottom.set_xlabel(xlabel)
+    bottom.axhline(0, color="black", linewidth=1)
+
+    def shifted(x: np.ndarray, i: int) -> np.ndarray:
+        offset = 0.04 * (i - (len(lines) - 1) / 2)
+        return x * (1 + offset) if log_x else x + offset
+
+    for i, (label, (x, mean, spread)) in enumerate(lines.items()):
+        top.errorbar(shifted(x, i), mean, yerr=spread, marker="o", markersize=4, capsize=3, label=label)
+    for i, (x, mean, spread) in enumerate(gaps.values()):
+        bottom.errorbar(shifted(x, i), mean, yerr=spread, marker="o", markersize=4, capsize=3)
     if analytic is not None:
-        axes.plot(*analytic, color="black", linewidth=1, label="Bayes limit (analytic)")
+        top.plot(*analytic, color="black", linewidth=1, label="Bayes limit (analytic)")
     if bayes is not None:
-        axes.plot(
+        top.plot(
             *bayes, color="black", linestyle="none", marker="x", label="Bayes rule on the same test points"
         )
+    for axes in (top, bottom):
+        axes.grid(alpha=0.3)
     if log_x:
-        axes.set_xscale("log")
+        bottom.set_xscale("log")
     if categories is not None:
-        axes.set_xticks(range(len(categories)), categories)
-    axes.legend(fontsize=8)
+        bottom.set_xticks(range(len(categories)), categories)
+    top.tick_params(labelbottom=False)
+    top.legend(fontsize=8)
     return figure

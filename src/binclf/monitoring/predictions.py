@@ -9,11 +9,13 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from binclf.data import InMemoryDataModule
+from binclf.runs import unused_path
 from binclf.safe_io import atomic_write
 
 
 class PredictionWriter(Callback):
-    """Writes ``predict`` results as CSV in the run directory, one row per input, in input order.
+    """Writes ``predict`` results as CSV in the run directory, one row per input, in input order; a second
+    predict in the same run writes ``predictions-2.csv``, and so on.
 
     The first columns identify each row: the data module's ``prediction_columns`` (``index`` and the
     features, or a table's id column). Then come ``logit``, ``probability`` of class 1, and
@@ -65,7 +67,7 @@ class PredictionWriter(Callback):
         # Every rank runs this hook, so the collective ``trainer.log_dir`` gives all of them rank 0's folder.
         directory = Path(trainer.log_dir or trainer.default_root_dir)
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / name
+        self.path = unused_path(directory / name)
 
         def write(tmp: Path) -> None:
             with tmp.open("w", newline="") as file:

@@ -47,15 +47,17 @@ def accuracy_figure(rows: list[dict[str, Any]], x_key: str, line_key: str | None
     def positions(xs: list[Any]) -> np.ndarray:
         return np.array([position[x] for x in xs])
 
-    lines = {}
-    for line_value, cells in sorted(_group(rows, x_key, line_key, "test/acc").items()):
-        xs = _ordered(list(cells))
-        label = f"{_short(line_key)} = {_name(line_value)}" if line_key else "network"
-        lines[label] = (
-            positions(xs),
-            np.array([np.mean(cells[x]) for x in xs]),
-            np.array([np.std(cells[x]) for x in xs]),
-        )
+    def per_line(metric: str, scale: float = 1.0) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        result = {}
+        for line_value, cells in sorted(_group(rows, x_key, line_key, metric).items()):
+            xs = _ordered(list(cells))
+            label = f"{_short(line_key)} = {_name(line_value)}" if line_key else "network"
+            result[label] = (
+                positions(xs),
+                scale * np.array([np.mean(cells[x]) for x in xs]),
+                scale * np.array([np.std(cells[x]) for x in xs]),
+            )
+        return result
 
     def across_lines(metric: str) -> tuple[np.ndarray, np.ndarray] | None:
         pooled: dict = defaultdict(list)
@@ -67,7 +69,8 @@ def accuracy_figure(rows: list[dict[str, Any]], x_key: str, line_key: str | None
 
     title = f"Test accuracy against {_short(x_key)}: mean ± sd over {seeds} seed(s) per point"
     return accuracy_against_setting(
-        lines,
+        per_line("test/acc"),
+        per_line("test/acc_gap", scale=100),
         across_lines("test/bayes_acc"),
         across_lines("test/bayes_acc_analytic"),
         xlabel=x_key,

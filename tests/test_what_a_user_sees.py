@@ -1,0 +1,150 @@
+"""What a person sees of binclf: one TensorBoard run per fit with a readable HParams row, a quiet console,
+and a checkpoint lookup that does not fall into another kind of run."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import DEFAULT_CONFIG, SMALL
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+from binclf import __version__
+from binclf.cli import run_cli
+from binclf.command import cli_main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def events(run: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_fit_test_and_predict_make_one_tensorboard_run(binclf, tmp_path):
+    binclf("fit")
+    binclf("test")
+    binclf("test")  # again: nothing of the first test is lost
+    binclf("predict")
+    binclf("predict")
+    runs = list((tmp_path / "lightning_logs").iterdir())
+    assert [run.name for run in runs] == ["version_0"]
+    run = runs[0]
+    logged = events(run)
+    scalars, images = set(logged.Tags()["scalars"]), set(logged.Tags()["images"])
+    assert {"train/loss", "val/loss", "val/acc", "val/acc_best"} <= scalars
+    assert {"test/acc", "test/bayes_acc", "test/acc_gap", "test/llr_rmse", "test/ece"} <= scalars
+    assert len(logged.Scalars("test/acc")) == 2
+    fitted = {"training_loss", "data_histogram", "posterior", "logit_vs_llr", "roc", "reliability"}
+    tested = {"data_histogram", "posterior", "logit_vs_llr", "roc", "reliability"}
+    assert {f"figures/{name}" for name in fitted} | {f"figures/test_{name}" for name in tested} <= images
+    assert {f"{name}.png" for name in fitted} | {f"test_{name}.png" for name in tested} <= {
+        path.name for path in run.glob("*.png")
+    }
+    assert {path.name for path in run.glob("*.csv")} == {"predictions.csv", "predictions-2.csv"}
+    configs = {path.name for path in run.glob("config*.yaml")}
+    assert configs == {
+        "config.yaml",
+        "config.test-1.yaml",
+        "config.test-2.yaml",
+        "config.predict-1.yaml",
+        "config.predict-2.yaml",
+    }
+
+
+def test_the_hparams_table_has_one_readable_row_per_fit(binclf, tmp_path):
+    binclf("fit", "--model.lr_scheduler=StepLR", "--model.lr_scheduler.step_size=2")
+    binclf("test")
+    binclf("fit", "--trainer.max_epochs=1")
+    rows = {}
+    for run in sorted((tmp_path / "lightning_logs").iterdir()):
+        content = events(run).PluginTagToContent(metadata.PLUGIN_NAME)
+        # No experiment summary: TensorBoard then offers every scalar of a run as a column, test metrics too.
+        assert metadata.EXPERIMENT_TAG not in content
+        start = plugin_data_pb2.HParamsPluginData.FromString(content[metadata.SESSION_START_INFO_TAG])
+        rows[run.name] = start.session_start_info.hparams
+    assert set(rows) == {"version_0", "version_1"}  # the test added no row
+    first, second = rows["version_0"], rows["version_1"]
+    assert first["data"].string_value == "TwoGaussianDataModule"
+    assert first["data.scale"].number_value == pytest.approx(0.2)
+    assert first["network.hidden_sizes"].string_value == "[64, 64]"
+    assert first["optimizer"].string_value == "SGD"
+    assert first["optimizer.lr"].number_value == pytest.approx(0.1)
+    assert first["lr_scheduler"].string_value == "StepLR"
+    assert second["lr_scheduler"].string_value == "none"
+    assert (first["trainer.max_epochs"].number_value, second["trainer.max_epochs"].number_value) == (3, 1)
+    assert first["seed_everything"].number_value == 0
+    assert not [name for name in first if name.startswith("_")]  # no _instantiator
+    run = events(tmp_path / "lightning_logs" / "version_0")
+    assert all(event.value >= 0 for event in run.Scalars("hp_metric"))  # no -1 placeholder
+    assert [tag for tag in run.Tags()["scalars"] if tag.startswith("lr-")] == [
+        "lr-SGD"
+    ]  # the scheduler's curve
+
+
+def test_a_fit_written_to_a_file_is_one_line_per_epoch(binclf, capsys):
+    # Under pytest the output is not a terminal, as when it goes to a log file.
+    binclf("fit", "--trainer.enable_progress_bar=true", "--trainer.enable_model_summary=true")
+    out = capsys.readouterr().out
+    assert "%|" not in out  # no progress bar
+    assert "\r" not in out
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch ")] == [
+        "1/3",
+        "2/3",
+        "3/3",
+    ]
+    assert "Network, 4,353 trainable parameters:" in out  # the network, not the metric objects
+    assert "MeanMetric" not in out
+
+
+def test_test_prints_binclf_summary_and_names_its_checkpoint_once(binclf, capsys):
+    fit = binclf("fit")
+    best = Path(fit.trainer.checkpoint_callback.best_model_path).name
+    capsys.readouterr()
+    binclf("test")
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count(best) == 1
+    assert "Test summary" in captured.out
+    assert "Test metric" not in captured.out  # Lightning's table of raw values
+    binclf("test", "--verbose=true")
+    assert "Test metric" in capsys.readouterr().out  # still there for those who want it
+
+
+def test_the_lookup_skips_runs_of_another_kind_of_data(tmp_path, monkeypatch, capsys):
+    shutil.copytree(CONFIGS, tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["binclf"])
+    tabular = ["-c", "configs/tabular_example.yaml", "--trainer.max_epochs=1"]
+    gaussian = ["-c", str(DEFAULT_CONFIG), *SMALL]
+    run_cli(["fit", *tabular])  # version_0
+    with pytest.raises(SystemExit):
+        cli_main(["test", *gaussian])
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("binclf: error: no run under lightning_logs was trained on this kind of data")
+    assert "lightning_logs/version_0, was trained on TabularDataModule, not TwoGaussianDataModule" in message
+    assert "pass --ckpt_path" in message
+    run_cli(["fit", *gaussian, "--trainer.max_epochs=1"])  # version_1
+    run_cli(["fit", *tabular])  # version_2, the newest
+    capsys.readouterr()
+    run_cli(["test", *gaussian])
+    assert "Testing checkpoint lightning_logs/version_1/" in capsys.readouterr().out
+
+
+def test_version_help_and_the_articles_experiment_without_a_config(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["binclf"])
+    with pytest.raises(SystemExit):
+        run_cli(["--version"])
+    assert capsys.readouterr().out.strip() == f"binclf {__version__}"
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--help"])
+    help_text = capsys.readouterr().out
+    # Settings that take any torch module list binclf's own and count the rest, instead of hundreds.
+    assert "binclf.networks.MLP, binclf.networks.LogisticRegression, and" in help_text
+    assert "torch.nn.Hardtanh" not in help_text
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--print_config"])
+    assert "max_epochs: 70" in capsys.readouterr().out
