@@ -39,9 +39,17 @@ def test_fit_test_and_predict_make_one_tensorboard_run(binclf, tmp_path):
     assert {"train/loss", "val/loss", "val/acc", "val/acc_best"} <= scalars
     assert {"test/acc", "test/bayes_acc", "test/acc_gap", "test/llr_rmse", "test/ece"} <= scalars
     assert len(logged.Scalars("test/acc")) == 2
+    # At the end of the run's curves, where the checkpoint was trained to, so TensorBoard drops no point.
+    last_step = max(event.step for event in logged.Scalars("val/loss"))
+    assert all(event.step >= last_step > 0 for event in logged.Scalars("test/acc"))
+    assert len(logged.Scalars("epoch")) > 3
     fitted = {"training_loss", "data_histogram", "posterior", "logit_vs_llr", "roc", "reliability"}
     tested = {"data_histogram", "posterior", "logit_vs_llr", "roc", "reliability"}
-    assert {f"figures/{name}" for name in fitted} | {f"figures/test_{name}" for name in tested} <= images
+    article = {"training_loss", "data_histogram"}  # the article's Figures 2 and 1, shown first
+    assert {f"article/{name}" for name in article} | {
+        f"figures/{name}" for name in fitted - article
+    } <= images
+    assert {f"figures/test_{name}" for name in tested} <= images
     assert {f"{name}.png" for name in fitted} | {f"test_{name}.png" for name in tested} <= {
         path.name for path in run.glob("*.png")
     }

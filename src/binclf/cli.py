@@ -37,7 +37,7 @@ from binclf.monitoring import console
 from binclf.monitoring.console import say, warn
 from binclf.monitoring.figures import DiagnosticFigures
 from binclf.monitoring.predictions import PredictionWriter
-from binclf.monitoring.tensorboard import hparams_row, write_hparams_row
+from binclf.monitoring.tensorboard import LogAtTrainedStep, hparams_row, write_hparams_row
 from binclf.runs import RunFolder, changed_data_settings, find_checkpoint, log_root, run_dir
 from binclf.safe_io import SafeCheckpointIO, check_hyperparameters, load_checkpoint, trusted_classes
 from binclf.workarounds import NullProfiler, apply_checkpoint_hyperparameters
@@ -238,6 +238,9 @@ class BinclfCLI(LightningCLI):
             ours.append(console.NetworkSummary())
         if self.subcommand == "fit" and self.config["fit"].model.lr_scheduler is not None:
             ours.append(LearningRateMonitor())
+        if self.subcommand in ("validate", "test") and self.run_folder.version is not None:
+            contents = self.checkpoint[1]
+            ours.append(LogAtTrainedStep(int(contents.get("global_step", 0)), int(contents.get("epoch", 0))))
         kwargs["callbacks"] = [*callbacks, *ours]
         if config.get("profiler") is None:
             kwargs["profiler"] = NullProfiler()

@@ -44,10 +44,15 @@ def _sign_changes(coordinate: np.ndarray, values: np.ndarray) -> np.ndarray:
     return coordinate[i] - values[i] * (coordinate[i + 1] - coordinate[i]) / (values[i + 1] - values[i])
 
 
+# The article's Figure 1 and Figure 2, as fit draws them.
+_THE_ARTICLES = ("data_histogram", "training_loss")
+
+
 class DiagnosticFigures(Callback):
     """Figures at the end of ``fit`` and of ``test``, as TensorBoard images and PNG files in the run
-    directory: ``figures/<name>`` and ``<name>.png`` after fit, ``figures/test_<name>`` and
-    ``test_<name>.png`` after test, so that a run tested after it was fitted keeps both:
+    directory: ``figures/<name>`` and ``<name>.png`` after fit (the article's two figures as
+    ``article/<name>``, which TensorBoard shows first), ``figures/test_<name>`` and ``test_<name>.png``
+    after test, so that a run tested after it was fitted keeps both:
 
     - ``training_loss`` (after fit): the article's Figure 2, the loss of every optimizer step on a log axis;
     - ``data_histogram``: the article's Figure 1 (training data after fit, test data after test), with the
@@ -188,9 +193,11 @@ class DiagnosticFigures(Callback):
             image = to_image(figure)
             path = directory / f"{prefix}{name}.png"
             atomic_write(path, lambda tmp, pixels=image: imsave(tmp, pixels, format="png"))
+            # The article's two figures of a fit first: TensorBoard shows groups of tags in name order.
+            group = "article" if not prefix and name in _THE_ARTICLES else "figures"
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
-                    tag = f"figures/{prefix}{name}"
+                    tag = f"{group}/{prefix}{name}"
                     logger.experiment.add_image(tag, image, trainer.global_step, dataformats="HWC")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from jsonargparse import Namespace
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
@@ -52,3 +52,27 @@ def write_hparams_row(trainer: Trainer, row: dict[str, bool | int | float | str]
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
             logger.experiment.file_writer.add_summary(session_start)
+
+
+class LogAtTrainedStep(Callback):
+    """Log a checkpoint's test or validation metrics at the step and epoch it was trained to.
+
+    In a fresh ``test`` process Lightning's step counter is 0, so the metrics would land at step 0 of a run
+    whose curves end at, say, step 5530; TensorBoard takes a step that goes back for a restarted run and
+    drops that tag's later points (Lightning's ``epoch`` curve, here). Logged at the trained step, the test
+    metrics sit at the end of the run's curves and nothing is dropped. Lightning takes a metric named
+    ``step`` as the step to log at.
+    """
+
+    def __init__(self, step: int, epoch: int) -> None:
+        self.step = step
+        self.epoch = epoch
+
+    def _log(self, pl_module: LightningModule) -> None:
+        pl_module.log_dict({"step": float(self.step), "epoch": float(self.epoch)})
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(pl_module)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(pl_module)
