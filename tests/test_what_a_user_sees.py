@@ -3,7 +3,10 @@ and a checkpoint lookup that does not fall into another kind of run."""
 
 from __future__ import annotations
 
+import os
+import pty
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -156,3 +159,19 @@ def test_version_help_and_the_articles_experiment_without_a_config(monkeypatch, 
     with pytest.raises(SystemExit):
         run_cli(["fit", "--print_config"])
     assert "max_epochs: 70" in capsys.readouterr().out
+
+
+def test_a_terminal_sees_the_command_begin_before_torch_is_imported(tmp_path):
+    controller, terminal = pty.openpty()  # stderr is a terminal, as for a person typing the command
+    command = [str(Path(sys.executable).parent / "binclf"), "fit", "-c", str(DEFAULT_CONFIG), *SMALL]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=terminal
+    )
+    os.close(terminal)
+    first_line = b""
+    while not first_line.endswith(b"\n"):  # waits on the output itself, not on a clock
+        first_line += os.read(controller, 1)
+    process.terminate()
+    assert process.wait(timeout=300) == 143
+    os.close(controller)
+    assert first_line.decode().strip() == "binclf fit: starting..."
