@@ -153,6 +153,11 @@ CASES = {
         ],
         "state_dict['network.layers.0.bias'] is a str",
     ),
+    "checkpoint whose loops state lacks the test loop": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(lambda c: c["loops"].pop("test_loop") and None)],
+        "its loops state lacks one of",
+    ),
     "checkpoint of a diverged run": (
         "test",
         ["--ckpt_path", _changed_checkpoint(_nan_weights)],

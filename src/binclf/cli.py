@@ -167,7 +167,7 @@ class BinclfCLI(LightningCLI):
             )
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config  # no subcommand: run=False
         if self.checkpoint is not None:
             config.ckpt_path = str(self.checkpoint[0])
         if config.torch_threads < 0:
@@ -282,7 +282,8 @@ class BinclfCLI(LightningCLI):
         return error
 
     def before_fit(self) -> None:
-        write_hparams_row(self.trainer, hparams_row(self.config["fit"], self.model.hparams))
+        if self.trainer.is_global_zero:
+            write_hparams_row(self.trainer.loggers, hparams_row(self.config["fit"], self.model.hparams))
 
     def before_validate(self) -> None:
         say(f"Validating checkpoint {self.checkpoint[0]}")
@@ -344,8 +345,13 @@ def _check_trainer_settings(trainer: Namespace) -> None:
             )
 
 
-def run_cli(args: list[str] | None = None) -> BinclfCLI:
-    """Run one ``binclf`` command and return the CLI, whose ``trainer`` holds the results (for tests)."""
+def run_cli(args: list[str] | None = None, *, run: bool = True) -> BinclfCLI:
+    """Run one ``binclf`` command and return the CLI, whose ``trainer`` holds the results (for tests).
+
+    With ``run=False``, ``args`` are a ``fit``'s arguments without the subcommand, and the CLI builds its
+    model, data module and trainer as ``binclf fit`` would, and stops there: the stacked study builds its
+    members from it (and from its ``parser``).
+    """
     console.quiet_inapplicable_messages()
     console.show_binclf_messages()
     check_config_files(sys.argv[1:] if args is None else args)
@@ -364,6 +370,7 @@ def run_cli(args: list[str] | None = None) -> BinclfCLI:
         parser_kwargs={"prog": "binclf", "version": __version__},
         parser_class=BinclfArgumentParser,
         args=args,
+        run=run,
     )
 
 

@@ -61,6 +61,12 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", *, mmap: bool =
             raise CheckpointError(
                 f"checkpoint {path} is damaged: state_dict[{name!r}] is a {kind}, not a tensor"
             )
+    loops = state.get("loops", {})
+    expected = ("fit_loop", "validate_loop", "test_loop", "predict_loop")  # Lightning restores each, if any
+    if not isinstance(loops, dict) or (loops and not all(isinstance(loops.get(k), dict) for k in expected)):
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its loops state lacks one of {', '.join(expected)}"
+        )
     for key in ("hyper_parameters", "datamodule_hyper_parameters"):
         if not isinstance(state.get(key, {}), dict):
             raise CheckpointError(f"checkpoint {path}: {key} is a {type(state[key]).__name__}, not a mapping")

@@ -12,7 +12,7 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
 
@@ -46,11 +46,11 @@ def hparams_row(config: Namespace, model_hparams: dict[str, Any]) -> dict[str, b
     return row
 
 
-def write_hparams_row(trainer: Trainer, row: dict[str, bool | int | float | str]) -> None:
-    """Start the run's HParams session with ``row``, in every TensorBoard logger of the trainer."""
+def write_hparams_row(loggers: list[Logger], row: dict[str, bool | int | float | str]) -> None:
+    """Start the run's HParams session with ``row``, in each of ``loggers`` that is a TensorBoard logger."""
     _, session_start, _ = hparams(row, {})
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
             logger.experiment.file_writer.add_summary(session_start)
 
 

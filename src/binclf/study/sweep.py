@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -209,6 +209,121 @@ def execute(run: Run) -> dict[str, Any]:
     return result
 
 
+def execute_stack(runs: list[Run]) -> list[dict[str, Any]]:
+    """Fit and test ``runs`` as one stack (:mod:`binclf.study.stacked`), each recorded as its solo run would
+    be; if they cannot stack (another network, a scheduler, ...), run them solo, one after the other."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from binclf.command import error_message
+    from binclf.safe_io import atomic_write
+
+    start = time.perf_counter()
+    ready, unready = [], []
+    for run in runs:
+        shutil.rmtree(run.directory, ignore_errors=True)  # a failed or interrupted earlier attempt
+        try:
+            run.directory.mkdir(parents=True)
+            ready.append(run)
+        except OSError:  # a run that cannot even have its folder fails alone, as it would solo
+            unready.append(run)
+    if len(ready) < 2:
+        return [execute(run) for run in runs]
+    if unready:
+        return execute_stack(ready) + [execute(run) for run in unready]
+    log = runs[0].directory / "output.log"  # the stack's, beside its first run's
+    try:
+        with _output_to(log):
+            try:
+                outcomes = _train_and_test_stack(runs)
+            except SystemExit:
+                raise
+            except BaseException:
+                traceback.print_exc()
+                raise
+    except (Exception, SystemExit) as error:
+        if isinstance(error, SIGTERMException) or getattr(error, "code", None) in EXIT_STATUS.values():
+            raise
+        failure = {"status": "failed", "error": _parse_error(log) or error_message(error)}
+        outcomes = [failure] * len(runs)
+    if outcomes is None:
+        return [execute(run) for run in runs]
+    seconds = round((time.perf_counter() - start) / len(runs), 3)  # the stack's time, shared by its runs
+    results = []
+    for run, outcome in zip(runs, outcomes, strict=True):
+        result = {"run": run.name, "seed": run.seed, **run.settings, **outcome}
+        result |= {"wall_seconds": seconds, "args": run.args}
+        with contextlib.suppress(OSError):
+            text = json.dumps(result, indent=1)
+            atomic_write(run.directory / _RESULT, lambda tmp, text=text: tmp.write_text(text))
+        results.append(result)
+    return results
+
+
+def _train_and_test_stack(runs: list[Run]) -> list[dict[str, Any]] | None:
+    """Each run's status, error, test metrics and training histogram, or ``None`` if the runs cannot stack."""
+    from binclf.cli import run_cli
+    from binclf.study.stacked import finish_member, member_of, stackable, train_stack
+
+    cli = run_cli(run_args(runs[0]), run=False)
+    reason = stackable(cli)
+    members = (
+        [] if reason else [member_of(cli, run_args(run), run.name, str(run.directory.parent)) for run in runs]
+    )
+    if reason is None and len({tuple(p.shape for p in m.model.network.parameters()) for m in members}) > 1:
+        reason = "their networks differ in shape"
+    if reason is not None:
+        print(f"these runs train solo: {reason}")
+        return None
+    trainer = cli.trainer  # the solo run's trainer, as built: its settings, Lightning's defaults filled in
+    steps, batch_size = trainer.max_steps, members[0].datamodule.batch_size
+    accelerator = cli.config.trainer.accelerator  # as the solo runs would use
+    train_stack(
+        members,
+        steps=steps,
+        val_every=trainer.val_check_interval,
+        log_every=trainer.log_every_n_steps,
+        batch_size=batch_size,
+        accelerator=accelerator,
+    )
+    outcomes = []
+    for member in members:
+        if member.failure is not None:
+            outcomes.append({"status": "failed", "error": member.failure})
+            continue
+        metrics = finish_member(member, Path(member.logger.log_dir), accelerator)
+        histogram = training_histogram(member.datamodule)
+        outcomes.append(
+            {"status": "ok", "error": "", **dict(sorted(metrics.items())), "histogram": histogram}
+        )
+    return outcomes
+
+
+def run_args(run: Run) -> list[str]:
+    """The run's ``binclf fit`` arguments without the subcommand: what ``run_cli(..., run=False)`` takes."""
+    return run.args[1:]
+
+
+def tasks(runs: list[Run], workers: int, mode: str) -> list[list[Run]]:
+    """What the workers are given: with ``mode="stacked"``, the runs that share every setting but their data
+    settings and seeds, as stacks split evenly over the workers; with ``"solo"``, one run each.
+
+    The data settings that decide a network's shape or a batch's size (``data.dim``, ``data.batch_size``)
+    stay in what the runs of a stack share.
+    """
+    if mode == "solo":
+        return [[run] for run in runs]
+    shared = {"data.dim", "data.batch_size"}
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        key = tuple((k, v) for k, v in run.settings.items() if not k.startswith("data.") or k in shared)
+        groups.setdefault(key, []).append(run)
+    stacks = []
+    for group in groups.values():
+        parts = min(workers, len(group))
+        stacks += [group[i::parts] for i in range(parts)]  # round robin: stacks of equal size, mixed cells
+    return stacks
+
+
 def _parse_error(log: Path) -> str | None:
     """The message of a setting the CLI's parser refused (it prints usage, then ``error: ...``)."""
     lines = [line.strip() for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
@@ -240,6 +355,10 @@ def training_histogram(datamodule: Any, bins: int = 50) -> dict[str, list[float]
         name: np.histogram(coordinate[labels == label], edges)[0] for name, label in (("a", 0), ("b", 1))
     }
     return {"edges": edges.tolist(), "a": counts["a"].tolist(), "b": counts["b"].tolist()}
+
+
+def _as_list(run: Run) -> list[dict[str, Any]]:
+    return [execute(run)]
 
 
 def _worker_start() -> None:
@@ -290,9 +409,9 @@ def write_results(runs: list[Run], path: Path, fresh: dict[str, dict[str, Any]])
     return rows
 
 
-def run_sweep(runs: list[Run], workers: int) -> dict[str, dict[str, Any]]:
-    """Run what is not finished yet, ``workers`` at a time, with a progress bar; return this session's
-    results by run name."""
+def run_sweep(runs: list[Run], workers: int, mode: str = "stacked") -> dict[str, dict[str, Any]]:
+    """Run what is not finished yet on ``workers`` processes, stacked or solo (see :func:`tasks`), with a
+    progress bar over the runs; return this session's results by run name."""
     from tqdm import tqdm
 
     todo = [run for run in runs if not finished(run)]
@@ -305,20 +424,31 @@ def run_sweep(runs: list[Run], workers: int) -> dict[str, dict[str, Any]]:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start) as pool:
         try:
-            futures = {pool.submit(execute, run): run for run in todo}
-            with tqdm(total=len(futures), unit="run", file=sys.stdout, dynamic_ncols=True) as bar:
+            futures = {
+                pool.submit(execute_stack, task) if len(task) > 1 else pool.submit(_as_list, task[0]): task
+                for task in tasks(todo, workers, mode)
+            }
+            with tqdm(total=len(todo), unit="run", file=sys.stdout, dynamic_ncols=True) as bar:
                 for future in as_completed(futures):
-                    run = futures[future]
                     try:
-                        result = future.result()
+                        task_results = future.result()
                     except Exception as error:  # the worker process itself died
-                        result = {"run": run.name, "seed": run.seed, **run.settings, "status": "failed"}
-                        result["error"] = f"{type(error).__name__}: {error}"
-                    results[run.name] = result
-                    if result["status"] != "ok":
-                        bar.write(f"failed: {run.name}: {result['error']}")
+                        task_results = [
+                            {
+                                "run": run.name,
+                                "seed": run.seed,
+                                **run.settings,
+                                "status": "failed",
+                                "error": f"{type(error).__name__}: {error}",
+                            }
+                            for run in futures[future]
+                        ]
+                    for result in task_results:
+                        results[result["run"]] = result
+                        if result["status"] != "ok":
+                            bar.write(f"failed: {result['run']}: {result['error']}")
                     bar.set_postfix(failed=sum(r["status"] != "ok" for r in results.values()))
-                    bar.update()
+                    bar.update(len(task_results))
         except BaseException:  # stopped: no run may go on without the sweep that started it
             for signal_number in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut this short
                 signal.signal(signal_number, signal.SIG_IGN)
@@ -326,6 +456,19 @@ def run_sweep(runs: list[Run], workers: int) -> dict[str, dict[str, Any]]:
             _end_workers()
             raise
     return results
+
+
+def _on_gpu(base_config: str, args: list[str]) -> bool:
+    """Whether the runs ask for a GPU, by the base config or the extra arguments (the last one decides)."""
+    import yaml
+
+    accelerator = None
+    with contextlib.suppress(OSError, yaml.YAMLError, KeyError, TypeError):
+        accelerator = yaml.safe_load(Path(base_config).read_text())["trainer"]["accelerator"]
+    for arg in args:
+        if arg.startswith("--trainer.accelerator="):
+            accelerator = arg.split("=", 1)[1]
+    return accelerator in ("gpu", "cuda")
 
 
 def parser() -> ArgumentParser:
@@ -347,6 +490,13 @@ def parser() -> ArgumentParser:
     parser.add_argument("--epochs", type=int | None, default=None, help="budget: epochs per run")
     parser.add_argument("--steps", type=int | None, default=None, help="budget: optimizer steps per run")
     parser.add_argument("--workers", type=int, default=0, help="parallel runs; 0 means one per core")
+    parser.add_argument(
+        "--mode",
+        type=Literal["stacked", "solo"],
+        default="stacked",
+        help="stacked: runs that differ only in data settings and seeds train together, a stack per worker; "
+        "solo: each run is a binclf fit of its own",
+    )
     parser.add_argument(
         "--plot.x", type=str | None, default=None, help="grid key on the x axis (default: first)"
     )
@@ -375,11 +525,12 @@ def main(args: list[str] | None = None) -> None:
     except ValueError as error:
         sys.exit(f"binclf-sweep: error: {error}")
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    workers = config.workers or os.cpu_count() or 1
+    # One stack per core; on a GPU one stack with every member, which keeps the device busier than a few.
+    workers = config.workers or (1 if _on_gpu(config.base_config, config.args) else os.cpu_count() or 1)
     start = time.perf_counter()
     previous_handlers = signal.getsignal(signal.SIGINT), raise_on_sigterm()
     try:
-        results = run_sweep(runs, workers)
+        results = run_sweep(runs, workers, config.mode)
         rows = write_results(runs, sweep_dir / "results.csv", results)
         from binclf.study.report import report  # matplotlib only once the runs are done
 

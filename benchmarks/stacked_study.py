@@ -1,0 +1,112 @@
+"""The applicability study stacked, against the same study solo, and against the limit: a bare-torch loop
+doing only the stacked arithmetic (the members' forward and backward passes and SGD steps, as batched
+matrix products: no Lightning, no evaluation, no files).
+
+    python benchmarks/stacked_study.py [--config configs/sweeps/applicability.yaml] [--skip-solo]
+
+The two studies run as whole ``binclf-sweep`` processes (start-up, validation, test and ``results.csv``
+included) with the config's workers, in a scratch folder; the limit runs in this process on every core.
+Reports the three wall times, the ratios (targets: stacked at least 3x faster than solo, and within 2x of
+the limit), and members trained per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = str(Path(sys.executable).parent / "binclf-sweep")
+
+
+def study_seconds(config: Path, mode: str, root: str) -> float:
+    start = time.perf_counter()
+    command = [SWEEP, "-c", str(config), f"--mode={mode}", f"--root={root}", f"--name={mode}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def limit_seconds(sizes: list[int], steps: int, batch_size: int, hidden: list[int], lr: float) -> float:
+    """The stacked arithmetic alone: each step, every member's batch drawn from its own data in one batched
+    gather, then forward, backward and an SGD step on ``[K, in, out]`` weights."""
+    torch.manual_seed(0)
+    members, longest = len(sizes), 2 * max(sizes)
+    data = torch.randn(members, longest, 1)
+    targets = (
+        (torch.arange(longest)[None, :, None] >= torch.tensor(sizes)[:, None, None])
+        .float()
+        .expand(members, longest, 1)
+    )
+    rows = 2 * torch.tensor(sizes, dtype=torch.float32)[:, None]
+    widths = [1, *hidden, 1]
+    weights = [(0.1 * torch.randn(members, i, o)).requires_grad_() for i, o in itertools.pairwise(widths)]
+    biases = [torch.zeros(members, 1, o, requires_grad=True) for o in widths[1:]]
+    optimizer = torch.optim.SGD([*weights, *biases], lr=lr)
+    start = time.perf_counter()
+    for _ in range(steps):
+        index = (torch.rand(members, batch_size) * rows).long()[..., None]
+        h, y = data.gather(1, index), targets.gather(1, index)
+        for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            h = torch.baddbmm(b, h, w)
+            if layer + 1 < len(weights):
+                h = torch.relu(h)
+        loss = (
+            torch.nn.functional.binary_cross_entropy_with_logits(h, y, reduction="none")
+            .mean(dim=(1, 2))
+            .sum()
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "sweeps" / "applicability.yaml")
+    parser.add_argument("--skip-solo", action="store_true", help="time only the stacked study and the limit")
+    args = parser.parse_args()
+    study = yaml.safe_load(args.config.read_text())
+    sizes = [
+        n
+        for n in study["grid"]["data.num_samples"]
+        for _ in study["grid"]["data.scale"]
+        for _ in study["seeds"]
+    ]
+    members, steps = len(sizes), study["steps"]
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as root:
+        seconds["stacked study"] = study_seconds(args.config, "stacked", root)
+        if not args.skip_solo:
+            seconds["solo study"] = study_seconds(args.config, "solo", root)
+    torch.set_num_threads(os.cpu_count() or 1)
+    seconds["limit (bare stacked loop)"] = limit_seconds(sizes, steps, 256, [64, 64], 0.01)
+    print(f"{members} members, {steps} steps each, {os.cpu_count()} cores")
+    print(f"{'':<28}{'seconds':>9}{'members/s':>11}")
+    for name, value in seconds.items():
+        print(f"{name:<28}{value:>9.1f}{members / value:>11.3f}")
+    stacked, limit = seconds["stacked study"], seconds["limit (bare stacked loop)"]
+    if "solo study" in seconds:
+        print(f"solo / stacked: {seconds['solo study'] / stacked:.2f}  (target >= 3)")
+    print(f"stacked / limit: {stacked / limit:.2f}  (target <= 2)")
+    print(
+        json.dumps(
+            {"members": members, "steps": steps, "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

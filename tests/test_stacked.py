@@ -1,0 +1,137 @@
+"""The stacked study: K runs trained as one stack, each exactly as its own solo run would be."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import pytest
+import torch
+from helpers import DEFAULT_CONFIG
+
+from binclf.cli import run_cli
+from binclf.safe_io import load_checkpoint
+from binclf.study.stacked import StackedBatches, StackedNetwork, member_of, train_stack
+from binclf.study.sweep import main, plan, run_args
+
+# A small grid: unequal training sizes, so the members' epochs end at different steps, with short batches.
+GRID = '{"data.scale": [0.3, 1.0], "data.num_samples": [100, 150]}'
+EXTRA = [
+    "--data.num_val_samples=200",
+    "--data.num_test_samples=1000",
+    "--data.batch_size=64",
+    "--model.optimizer.lr=0.1",
+]
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> tuple[object, dict[str, dict[str, dict[str, str]]]]:
+    """The small grid as a stacked study and as a solo one, in one folder; each study's rows by run."""
+    root = tmp_path_factory.mktemp("studies")
+    args = [f"--base_config={DEFAULT_CONFIG}", f"--grid={GRID}", "--seeds=[0, 1]", "--steps=60"]
+    args += [f"--args=[{', '.join(EXTRA)}]", f"--root={root}", "--workers=1"]
+    rows = {}
+    argv = sys.argv
+    sys.argv = ["binclf-sweep"]
+    try:
+        for mode in ("stacked", "solo"):
+            main([*args, f"--name={mode}", f"--mode={mode}"])
+            with (root / mode / "results.csv").open() as file:
+                rows[mode] = {row["run"]: row for row in csv.DictReader(file)}
+    finally:
+        sys.argv = argv
+    return root, rows
+
+
+def network_weights(run_directory) -> dict[str, torch.Tensor]:
+    [checkpoint] = (run_directory / "checkpoints").glob("epoch=*.ckpt")
+    state = load_checkpoint(checkpoint)["state_dict"]
+    return {name: tensor for name, tensor in state.items() if name.startswith("network.")}
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["binclf-sweep"])
+    return tmp_path
+
+
+def test_each_member_starts_from_its_solo_runs_data_batches_and_weights(in_tmp):
+    runs = plan(str(DEFAULT_CONFIG), json.loads(GRID), [0, 1], EXTRA, in_tmp, None, 60)
+    cli = run_cli(run_args(runs[0]), run=False)
+    members = [member_of(cli, run_args(run), run.name, str(in_tmp)) for run in runs]
+    stacked = StackedNetwork([member.model.network for member in members])
+    for member in members:
+        member.datamodule.setup("fit")
+    stacked_batches = list(StackedBatches(members, 64, steps=12))
+    for k, run in enumerate(runs):
+        solo = run_cli(run_args(run), run=False)  # what `binclf fit` builds for this run, before training
+        solo.datamodule.setup("fit")
+        assert torch.equal(solo.datamodule.train_set.features, members[k].datamodule.train_set.features)
+        initial = solo.model.network.state_dict()
+        assert all(torch.equal(initial[name], tensor) for name, tensor in stacked.member_state(k).items())
+        # The solo run's first 12 batches, across its epoch boundary (its epochs are 4 or 5 batches long).
+        for step, (features, targets) in zip(range(12), solo.datamodule.train_dataloader(), strict=False):
+            stacked_features, stacked_targets, mask = (part[k] for part in stacked_batches[step])
+            rows = int(mask.sum())
+            assert torch.equal(stacked_features[:rows], features)
+            assert torch.equal(stacked_targets[:rows], targets)
+    assert {member.steps_per_epoch for member in members} == {4, 5}
+
+
+def test_stacked_and_solo_studies_agree_run_by_run(studies):
+    root, rows = studies
+    stacked, solo = rows["stacked"], rows["solo"]
+    assert stacked.keys() == solo.keys()
+    largest = 0.0
+    for name, row in stacked.items():
+        assert row["status"] == solo[name]["status"] == "ok"
+        # Test accuracy within 2 paired standard errors or 0.3 percentage points, whichever is larger.
+        tolerance = max(2 * float(solo[name]["test/acc_gap_se"]), 0.003)
+        assert abs(float(row["test/acc"]) - float(solo[name]["test/acc"])) <= tolerance
+        stacked_weights, solo_weights = (
+            network_weights(root / mode / "runs" / name) for mode in ("stacked", "solo")
+        )
+        largest = max(
+            largest, *((stacked_weights[n] - solo_weights[n]).abs().max().item() for n in solo_weights)
+        )
+    print(f"largest difference between a stacked and a solo run's best weights: {largest:.2e}")
+    assert largest < 1e-3
+
+
+def test_a_stacked_runs_checkpoint_is_what_binclf_test_accepts(studies, in_tmp):
+    root, rows = studies
+    name = "scale=1,num_samples=150,seed=1"
+    [checkpoint] = (root / "stacked" / "runs" / name / "checkpoints").glob("epoch=*.ckpt")
+    settings = ["--data.scale=1.0", "--data.num_samples=150", "--data.seed=1", "--seed_everything=1", *EXTRA]
+    test = run_cli(["test", "-c", str(DEFAULT_CONFIG), *settings, f"--ckpt_path={checkpoint}"])
+    assert test.trainer.callback_metrics["test/acc"].item() == pytest.approx(
+        float(rows["stacked"][name]["test/acc"])
+    )
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        ["--model.optimizer=SGD", "--model.optimizer.momentum=0.9"],
+        ["--model.optimizer=Adam", "--model.optimizer.lr=0.01"],
+    ],
+    ids=["momentum SGD", "Adam"],
+)
+def test_a_member_trains_as_it_would_in_a_stack_of_one(in_tmp, optimizer):
+    """Members of unequal training sizes take short, masked batches at different steps; with momentum and
+    Adam's moments, a masked row must move no member, and the sum of losses must couple none."""
+    runs = plan(str(DEFAULT_CONFIG), json.loads(GRID), [0], [*EXTRA, *optimizer], in_tmp, None, 23)
+    cli = run_cli(run_args(runs[0]), run=False)
+
+    def trained(selected) -> list[dict[str, torch.Tensor]]:
+        members = [member_of(cli, run_args(run), run.name, str(in_tmp)) for run in selected]
+        module = train_stack(members, steps=23, val_every=23, log_every=50, batch_size=64)
+        return [module.network.member_state(k) for k in range(len(members))]
+
+    together = trained(runs)
+    for k, run in enumerate(runs):
+        [alone] = trained([run])
+        for name, tensor in alone.items():
+            torch.testing.assert_close(together[k][name], tensor, rtol=1e-5, atol=1e-6)
