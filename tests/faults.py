@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -91,3 +92,22 @@ class CountingProfiler(NullProfiler):
     def profile(self, action_name: str) -> contextlib.nullcontext:
         self.calls += 1
         return super().profile(action_name)
+
+
+class HoldAtTrainStart(Callback):
+    """As training starts, writes ``started@<run>@<pid>@<ray node id>`` into ``folder`` and, unless the run
+    is ``except_run``, waits until ``folder/go`` exists: a run held at a known point, for as long as a test
+    needs it running (to lose its node, or to stop its sweep)."""
+
+    def __init__(self, folder: str, except_run: str | None = None) -> None:
+        self.folder = Path(folder)
+        self.except_run = except_run
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        import ray
+
+        run = trainer.logger.version if trainer.logger is not None else "stack"
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+        (self.folder / f"started@{run}@{os.getpid()}@{node}").touch()
+        while run != self.except_run and not (self.folder / "go").exists():
+            time.sleep(0.05)  # waits on a file the test creates, not on a clock

@@ -348,6 +348,8 @@ def stackable(cli: Any) -> str | None:
         return "a learning-rate scheduler would step once for the whole stack"
     if not isinstance(cli.datamodule, InMemoryDataModule):
         return "its data module does not hold its data in memory"
+    if cli.config.trainer.get("callbacks"):
+        return "callbacks of its own in trainer.callbacks would see the stack, not the run"
     if trainer.get("max_steps") in (None, -1) or not isinstance(trainer.get("val_check_interval"), int):
         return "its budget is in epochs, whose length differs between training sizes"
     settings = {

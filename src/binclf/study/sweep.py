@@ -357,10 +357,6 @@ def training_histogram(datamodule: Any, bins: int = 50) -> dict[str, list[float]
     return {"edges": edges.tolist(), "a": counts["a"].tolist(), "b": counts["b"].tolist()}
 
 
-def _as_list(run: Run) -> list[dict[str, Any]]:
-    return [execute(run)]
-
-
 def _worker_start() -> None:
     import torch
 
@@ -409,53 +405,88 @@ def write_results(runs: list[Run], path: Path, fresh: dict[str, dict[str, Any]])
     return rows
 
 
-def run_sweep(runs: list[Run], workers: int, mode: str = "stacked") -> dict[str, dict[str, Any]]:
-    """Run what is not finished yet on ``workers`` processes, stacked or solo (see :func:`tasks`), with a
-    progress bar over the runs; return this session's results by run name."""
-    from tqdm import tqdm
+class Progress:
+    """The progress bar over the runs, and this session's results by run name, for either executor."""
 
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.results: dict[str, dict[str, Any]] = {}
+        self.bar = tqdm(total=total, unit="run", file=sys.stdout, dynamic_ncols=True)
+
+    def record(self, task_results: list[dict[str, Any]]) -> None:
+        for result in task_results:
+            self.results[result["run"]] = result
+            if result["status"] != "ok":
+                self.bar.write(f"failed: {result['run']}: {result['error']}")
+        self.bar.set_postfix(failed=sum(r["status"] != "ok" for r in self.results.values()))
+        self.bar.update(len(task_results))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def lost(task: list[Run], error: BaseException) -> list[dict[str, Any]]:
+    """The results of a task whose worker died under it."""
+    return [
+        {
+            "run": run.name,
+            "seed": run.seed,
+            **run.settings,
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+        }
+        for run in task
+    ]
+
+
+def run_task(task: list[Run]) -> list[dict[str, Any]]:
+    """A stack, or one run alone: what one worker does at a time, on this machine or on a Ray node."""
+    return execute_stack(task) if len(task) > 1 else [execute(task[0])]
+
+
+def run_sweep(
+    runs: list[Run], workers: int, mode: str = "stacked", ray: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Run what is not finished yet, stacked or solo (see :func:`tasks`), with a progress bar over the runs:
+    on ``workers`` processes here, or with ``ray`` settings as Ray tasks on a cluster. Returns this session's
+    results by run name."""
     todo = [run for run in runs if not finished(run)]
     skipped = len(runs) - len(todo)
-    print(f"{len(runs)} runs, {skipped} already finished, {len(todo)} to run on {workers} workers")
-    results: dict[str, dict[str, Any]] = {}
+    where = "the Ray cluster" if ray is not None else f"{workers} workers"
+    print(f"{len(runs)} runs, {skipped} already finished, {len(todo)} to run on {where}")
     if not todo:
-        return results
+        return {}
+    progress = Progress(len(todo))
+    try:
+        if ray is not None:
+            from binclf.study.ray_executor import run_on_ray
+
+            run_on_ray(todo, mode=mode, workers=workers, record=progress.record, **ray)
+        else:
+            _run_here(tasks(todo, workers, mode), workers, progress.record)
+    finally:
+        progress.close()
+    return progress.results
+
+
+def _run_here(work: list[list[Run]], workers: int, record: Any) -> None:
     # A fresh interpreter per worker: no inherited torch threads or locks.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start) as pool:
         try:
-            futures = {
-                pool.submit(execute_stack, task) if len(task) > 1 else pool.submit(_as_list, task[0]): task
-                for task in tasks(todo, workers, mode)
-            }
-            with tqdm(total=len(todo), unit="run", file=sys.stdout, dynamic_ncols=True) as bar:
-                for future in as_completed(futures):
-                    try:
-                        task_results = future.result()
-                    except Exception as error:  # the worker process itself died
-                        task_results = [
-                            {
-                                "run": run.name,
-                                "seed": run.seed,
-                                **run.settings,
-                                "status": "failed",
-                                "error": f"{type(error).__name__}: {error}",
-                            }
-                            for run in futures[future]
-                        ]
-                    for result in task_results:
-                        results[result["run"]] = result
-                        if result["status"] != "ok":
-                            bar.write(f"failed: {result['run']}: {result['error']}")
-                    bar.set_postfix(failed=sum(r["status"] != "ok" for r in results.values()))
-                    bar.update(len(task_results))
+            futures = {pool.submit(run_task, task): task for task in work}
+            for future in as_completed(futures):
+                try:
+                    record(future.result())
+                except Exception as error:  # the worker process itself died
+                    record(lost(futures[future], error))
         except BaseException:  # stopped: no run may go on without the sweep that started it
             for signal_number in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut this short
                 signal.signal(signal_number, signal.SIG_IGN)
             pool.shutdown(wait=False, cancel_futures=True)
             _end_workers()
             raise
-    return results
 
 
 def _on_gpu(base_config: str, args: list[str]) -> bool:
@@ -498,6 +529,23 @@ def parser() -> ArgumentParser:
         "solo: each run is a binclf fit of its own",
     )
     parser.add_argument(
+        "--executor",
+        type=Literal["local", "ray"],
+        default="local",
+        help="local: worker processes here; ray: Ray tasks on a cluster (pip install 'binclf[ray]')",
+    )
+    parser.add_argument(
+        "--ray_address",
+        type=str | None,
+        default=None,
+        help="the Ray cluster: host:port of its head, or auto inside a Ray job; unset: Ray starts here",
+    )
+    parser.add_argument("--ray_cpus", type=float, default=1.0, help="CPUs each Ray task asks for")
+    parser.add_argument("--ray_gpus", type=float, default=0.0, help="GPUs each Ray task asks for")
+    parser.add_argument(
+        "--ray_retries", type=int, default=3, help="tries again for a task lost with its node"
+    )
+    parser.add_argument(
         "--plot.x", type=str | None, default=None, help="grid key on the x axis (default: first)"
     )
     parser.add_argument(
@@ -525,16 +573,25 @@ def main(args: list[str] | None = None) -> None:
     except ValueError as error:
         sys.exit(f"binclf-sweep: error: {error}")
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    # One stack per core; on a GPU one stack with every member, which keeps the device busier than a few.
-    workers = config.workers or (1 if _on_gpu(config.base_config, config.args) else os.cpu_count() or 1)
+    # One stack per core; on a GPU one stack with every member, which keeps the device busier than a few. On
+    # Ray, unset workers mean as many stacks as the cluster fits tasks.
+    ray = None
+    if config.executor == "ray":
+        ray = {"address": config.ray_address, "cpus": config.ray_cpus, "gpus": config.ray_gpus}
+        ray["retries"] = config.ray_retries
+        workers = config.workers
+    else:
+        workers = config.workers or (1 if _on_gpu(config.base_config, config.args) else os.cpu_count() or 1)
     start = time.perf_counter()
     previous_handlers = signal.getsignal(signal.SIGINT), raise_on_sigterm()
     try:
-        results = run_sweep(runs, workers, config.mode)
+        results = run_sweep(runs, workers, config.mode, ray)
         rows = write_results(runs, sweep_dir / "results.csv", results)
         from binclf.study.report import report  # matplotlib only once the runs are done
 
         report(rows, sweep_dir, x_key, line_key)
+    except ValueError as error:  # the Ray cluster: not installed, not reachable, no shared storage
+        sys.exit(f"binclf-sweep: error: {error}")
     except (KeyboardInterrupt, Terminated) as stop:
         write_results(runs, sweep_dir / "results.csv", {})
         name = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
