@@ -202,7 +202,8 @@ class DiagnosticFigures(Callback):
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-values))
+    # 1 / (1 + e^-v) written so that no logit, however large, overflows
+    return np.exp(-np.logaddexp(0.0, -values))
 
 
 def _roc(scores: Tensor, targets: Tensor) -> tuple[np.ndarray, np.ndarray, float]:
