@@ -127,7 +127,11 @@ CASES = {
     "truncated checkpoint": ("test", ["--ckpt_path", _truncated], "truncated.ckpt is incomplete"),
     "corrupted checkpoint": ("test", ["--ckpt_path", _corrupted], "corrupted.ckpt"),
     "checkpoint of another architecture": ("test", ["--ckpt_path", _other_architecture], "does not fit"),
-    "checkpoint for data of another dimension": ("test", ["--data.dim=3", "--ckpt_path", None], "[64, 1]"),
+    "checkpoint for data of another dimension": (
+        "test",
+        ["--data.dim=3", "--ckpt_path", None],
+        "the checkpoint was trained on 1-dimensional data, but data.dim is 3",
+    ),
     "resume from a truncated checkpoint": ("fit", ["--ckpt_path", _truncated], "is incomplete"),
     "test with no fit": ("test", [], "no checkpoint found"),
     "validate with no fit": ("validate", [], "no checkpoint found"),
@@ -163,6 +167,12 @@ CASES = {
         ["--ckpt_path", _changed_checkpoint(_nan_weights)],
         "network.layers.0.weight is not finite",
     ),
+    "checkpoint whose data state is damaged": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(lambda c: c["TwoGaussianDataModule"].update(input_spread=[0.0]))],
+        "the checkpoint's data state is damaged: input_spread is [0.0]",
+    ),
+    "unknown calibration": ("fit", ["--model.calibration=platt"], "calibration"),
     "resume on other data settings": ("fit", ["--ckpt_path", None, "--data.scale=0.5"], "data.scale: 0.2"),
     # Trainer settings that Lightning takes and then fails on.
     "negative max_epochs": ("fit", ["--trainer.max_epochs=-5"], "max_epochs"),

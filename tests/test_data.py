@@ -1,3 +1,5 @@
+import csv
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -6,6 +8,8 @@ import torch
 
 from binclf.data import TwoGaussianDataModule
 from binclf.data.batches import EpochBatchSampler, InMemoryBatches
+from binclf.data.gaussians import logistic_llr_floor
+from binclf.metrics import INFORMATIVE_LLR
 
 
 def make(stage: str = "fit", **kwargs) -> TwoGaussianDataModule:
@@ -199,3 +203,44 @@ def test_every_batch_is_gathered_on_the_device_its_split_was_moved_to():
         batches = list(loader)
         assert len(batches) == len(loader)
         assert all(tensor.device == device for batch in batches for tensor in batch)
+
+
+def test_standardize_shows_the_network_centred_unit_features_and_keeps_the_oracle_on_x(binclf):
+    """The network sees (x − 1.5) / 0.539; the Bayes rule, the llr and the predictions file stay in x."""
+    datamodule = make(num_samples=50_000, standardize=True)
+    seen = datamodule.train_dataloader().tensors[0]
+    assert seen.mean().item() == pytest.approx(0, abs=0.01)
+    assert seen.std().item() == pytest.approx(1, abs=0.01)
+
+    binclf("fit", "--data.standardize=true")
+    test = binclf("test", "--data.standardize=true")
+    features, targets = test.datamodule.test_set
+    bayes = ((features > 1.5).float() == targets).float().mean()
+    assert test.trainer.callback_metrics["test/bayes_acc"] == pytest.approx(bayes.item(), abs=1e-6)
+    assert test.trainer.callback_metrics["test/acc"] > 0.98
+
+    predict = binclf("predict", "--data.standardize=true")
+    with open(Path(predict.trainer.log_dir) / "predictions.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    x = torch.tensor([float(row["x"]) for row in rows])
+    assert torch.allclose(x, predict.datamodule.predict_features[:, 0])  # as drawn, not as the network saw
+    boundary = x[torch.tensor([float(row["logit"]) for row in rows]) > 0].min()
+    assert boundary.item() == pytest.approx(1.5, abs=0.05)
+
+
+def test_a_checkpoint_brings_its_standardisation_and_training_size_to_test(binclf):
+    """Tested with a config that says neither, a network trained on standardised inputs is still shown
+    standardised inputs, and its llr floor is that of the size it was trained on."""
+    trained = ["--data.scale=0.5", "--data.standardize=true", "--data.num_samples=2000"]
+    fit = binclf("fit", *trained)
+    test = binclf("test", "--data.scale=0.5")
+    datamodule = test.datamodule
+    assert datamodule.input_centre == fit.datamodule.input_centre == [1.5]
+    assert datamodule.input_spread == fit.datamodule.input_spread
+    assert datamodule.input_spread[0] == pytest.approx(np.sqrt(0.5**2 + 0.5**2))
+    assert datamodule.trained_num_samples == 2000
+    floor = logistic_llr_floor(separation=2.0, dim=1, num_per_class=2000, band=INFORMATIVE_LLR)
+    metrics = test.trainer.callback_metrics
+    assert float(metrics["test/llr_floor"]) == pytest.approx(floor, rel=1e-6)
+    # Shown raw x, this network would put its boundary far from 1.5 and lose many points.
+    assert metrics["test/acc"] > metrics["test/bayes_acc"] - 0.02

@@ -11,7 +11,7 @@ import torch
 from helpers import DEFAULT_CONFIG, SMALL
 
 from binclf.cli import run_cli
-from binclf.metrics import INFORMATIVE_LLR, PairedAccuracyGap
+from binclf.metrics import INFORMATIVE_LLR, LinearFit, PairedAccuracyGap
 
 
 def test_paired_accuracy_gap_is_the_mean_difference_and_its_standard_error():
@@ -52,3 +52,15 @@ def test_oracle_metrics_match_a_computation_from_the_test_points(fitted, tmp_pat
     unmasked = np.sqrt(np.mean((logits - llr) ** 2))
     assert logged["test/llr_rmse"] == pytest.approx(masked, rel=1e-4)
     assert abs(masked - unmasked) > 0.1 * masked
+
+
+def test_linear_fit_recovers_a_known_affine_distortion_of_the_llr_exactly():
+    rng = np.random.default_rng(1)
+    llr = torch.from_numpy(rng.uniform(-4, 4, size=(999, 1)))
+    logits = 0.65 * llr - 0.3  # a temperature error and a shifted boundary, as an undertrained network has
+    metric = LinearFit()
+    for part in torch.split(torch.arange(999), 128):
+        metric.update(logits[part].float(), llr[part].float())
+    slope, offset = metric.compute()
+    assert slope.item() == pytest.approx(0.65, abs=1e-6)
+    assert offset.item() == pytest.approx(-0.3, abs=1e-6)

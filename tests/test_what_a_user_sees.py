@@ -70,7 +70,7 @@ def test_fit_test_and_predict_make_one_tensorboard_run(binclf, tmp_path):
 def test_the_hparams_table_has_one_readable_row_per_fit(binclf, tmp_path):
     binclf("fit", "--model.lr_scheduler=StepLR", "--model.lr_scheduler.step_size=2")
     binclf("test")
-    binclf("fit", "--trainer.max_epochs=1")
+    binclf("fit", "--trainer.max_epochs=1", "--model.calibration=temperature")
     rows = {}
     for run in sorted((tmp_path / "lightning_logs").iterdir()):
         content = events(run).PluginTagToContent(metadata.PLUGIN_NAME)
@@ -87,6 +87,7 @@ def test_the_hparams_table_has_one_readable_row_per_fit(binclf, tmp_path):
     assert first["optimizer.lr"].number_value == pytest.approx(0.1)
     assert first["lr_scheduler"].string_value == "StepLR"
     assert second["lr_scheduler"].string_value == "none"
+    assert (first["calibration"].string_value, second["calibration"].string_value) == ("none", "temperature")
     assert (first["trainer.max_epochs"].number_value, second["trainer.max_epochs"].number_value) == (3, 1)
     assert first["seed_everything"].number_value == 0
     assert not [name for name in first if name.startswith("_")]  # no _instantiator

@@ -32,6 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from binclf import __version__
 from binclf.command import EXIT_STATUS, Terminated
+from binclf.data import InMemoryDataModule
 from binclf.module import BinaryClassifier
 from binclf.monitoring import console
 from binclf.monitoring.console import say, warn
@@ -313,7 +314,15 @@ class BinclfCLI(LightningCLI):
         say(f"Run directory: {run_dir(self.trainer)}")
 
     def after_test(self) -> None:
-        say(console.test_summary(self.trainer.callback_metrics))
+        model, datamodule = self.model, self.datamodule
+        calibration = ""
+        if model.calibration != "none":
+            scale, shift = model.logit_scale.item(), model.logit_shift.item()
+            fitted = f"{scale:.4g} · logit" + (f" {shift:+.4g}" if model.calibration == "affine" else "")
+            calibration = f"{model.calibration}, fitted on the validation split: {fitted}"
+        oracle = isinstance(datamodule, InMemoryDataModule) and datamodule.has_oracle
+        floor_missing = datamodule.llr_rmse_floor()[1] if oracle else ""
+        say(console.test_summary(self.trainer.callback_metrics, calibration, floor_missing))
         say(f"Run directory: {run_dir(self.trainer)}")
 
     def after_predict(self) -> None:

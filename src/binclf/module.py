@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanMetric, MeanSquaredError
+from torchmetrics import CatMetric, MaxMetric, MeanMetric, MeanSquaredError
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalibrationError
 
+from binclf.calibration import Calibration, fit_calibration
 from binclf.data import InMemoryDataModule
-from binclf.metrics import CALIBRATION_BINS, INFORMATIVE_LLR, PairedAccuracyGap
+from binclf.metrics import CALIBRATION_BINS, INFORMATIVE_LLR, LinearFit, PairedAccuracyGap
 from binclf.workarounds import built_by_lightning_cli
 
 
@@ -23,6 +23,10 @@ class BinaryClassifier(LightningModule):
     ``forward`` returns logits; ``predict_step`` returns p(b | x) = sigmoid(logit), with the logits beside it.
     The optimizer and the optional LR scheduler are injected, so the CLI can swap them
     (``--model.optimizer Adam --model.optimizer.lr 1e-3``). The default is the article's plain SGD, lr 0.01.
+
+    ``calibration`` (``temperature`` or ``affine``, see :mod:`binclf.calibration`) fits ``logit_scale`` and
+    ``logit_shift`` on the validation split after every validation, so each checkpoint carries the
+    calibration of its own weights; ``forward`` (test, predict, figures) applies it, training does not.
     """
 
     def __init__(
@@ -30,6 +34,7 @@ class BinaryClassifier(LightningModule):
         network: nn.Module,
         optimizer: OptimizerCallable = lambda params: torch.optim.SGD(params, lr=0.01),
         lr_scheduler: LRSchedulerCallable | None = None,
+        calibration: Calibration = "none",
     ) -> None:
         super().__init__()
         # LightningCLI hands over the parsed config of these arguments (class_path and init_args): plain data
@@ -41,7 +46,11 @@ class BinaryClassifier(LightningModule):
         self.network = network
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.calibration = calibration
         self.criterion = nn.BCEWithLogitsLoss()
+        # Plain tensors in the state_dict, so a checkpoint carries its calibration as data.
+        self.register_buffer("logit_scale", torch.tensor(1.0))
+        self.register_buffer("logit_shift", torch.tensor(0.0))
 
         # One metric object per stage, so that no stage's state leaks into another's.
         # A NaN loss must show as NaN, not be dropped from the mean as torchmetrics does by default.
@@ -49,6 +58,8 @@ class BinaryClassifier(LightningModule):
         self.val_acc = BinaryAccuracy()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # saved in checkpoints, so a resumed run keeps its best
+        self.val_logits = CatMetric()  # kept only when a calibration is fitted on them
+        self.val_targets = CatMetric()
         self.test_loss = MeanMetric(nan_strategy="disable")
         self.test_acc = BinaryAccuracy()
         self.test_auroc = BinaryAUROC()
@@ -58,16 +69,29 @@ class BinaryClassifier(LightningModule):
         self.test_bayes_acc = BinaryAccuracy()
         self.test_acc_gap = PairedAccuracyGap()
         self.test_llr_rmse = MeanSquaredError(squared=False)
-        self._oracle: Callable[[Tensor], Tensor] | None = None
+        self.test_llr_fit = LinearFit()
+        # The network's own logit beside the calibrated one, when a calibration is applied.
+        self.test_loss_raw = MeanMetric(nan_strategy="disable")
+        self.test_acc_raw = BinaryAccuracy()
+        self.test_ece_raw = BinaryCalibrationError(n_bins=CALIBRATION_BINS)
+        self.test_llr_rmse_raw = MeanSquaredError(squared=False)
+        self.test_llr_fit_raw = LinearFit()
+        self._has_oracle = False
+        self._llr_floor: float | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logits ``[n, 1]``: the inference path."""
-        return self.network(x)
+        """Logits ``[n, 1]``, calibrated where a calibration was fitted: the inference path."""
+        return self.calibrated(self.network(x))
+
+    def calibrated(self, logits: Tensor) -> Tensor:
+        """The network's logits with the fitted calibration applied (the identity unless one was fitted)."""
+        return self.logit_scale * logits + self.logit_shift
 
     def model_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Loss, logits and targets of one labelled batch; shared by every stage."""
+        """Loss, logits and targets of one labelled batch, from the network itself (never calibrated:
+        training and the calibration fit see the network's own output); shared by every stage."""
         features, targets = batch
-        logits = self(features)
+        logits = self.network(features)
         return self.criterion(logits, targets), logits, targets
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -90,6 +114,9 @@ class BinaryClassifier(LightningModule):
         loss, logits, targets = self.model_step(batch)
         self.val_loss.update(loss, weight=len(targets))
         self.val_acc.update(torch.sigmoid(logits), targets)
+        if self.calibration != "none":
+            self.val_logits.update(logits)
+            self.val_targets.update(targets)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # computed once: ``self.log`` below reuses the result
@@ -103,8 +130,17 @@ class BinaryClassifier(LightningModule):
         # Metric objects sync across DDP ranks by themselves, and Lightning resets them after logging.
         self.log("val/loss", self.val_loss, prog_bar=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
+        if self.calibration != "none":
+            logits, targets = self.val_logits.compute(), self.val_targets.compute()
+            self.val_logits.reset()
+            self.val_targets.reset()
         if self.trainer.sanity_checking:  # a couple of batches of an untrained model is no "best"
             return
+        if self.calibration != "none":
+            # Fitted before the checkpoint callbacks see this epoch, so each checkpoint holds its own.
+            scale, shift = fit_calibration(logits, targets, self.calibration)
+            self.logit_scale.fill_(scale)
+            self.logit_shift.fill_(shift)
         self.val_acc_best.update(self.val_acc.compute())
         best = self.val_acc_best.compute()
         # The value is already the same on every rank; sync_dist only averages identical numbers.
@@ -114,19 +150,28 @@ class BinaryClassifier(LightningModule):
     def on_test_start(self) -> None:
         datamodule = self.trainer.datamodule
         oracle = isinstance(datamodule, InMemoryDataModule) and datamodule.has_oracle
-        self._oracle = datamodule.log_likelihood_ratio if oracle else None
+        self._has_oracle = oracle
+        self._llr_floor = datamodule.llr_rmse_floor()[0] if oracle else None
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, logits, targets = self.model_step(batch)
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        """Scores one test batch: ``(features, targets)``, or ``(features, targets, llr)`` for data with an
+        oracle, which then also scores the Bayes rule and the logit as an llr on the same points."""
+        raw_loss, raw_logits, targets = self.model_step(batch[:2])
+        logits = self.calibrated(raw_logits)
+        loss = self.criterion(logits, targets)
         probabilities = torch.sigmoid(logits)
         self.test_loss.update(loss, weight=len(targets))
         self.test_acc.update(probabilities, targets)
         self.test_auroc.update(probabilities, targets)
         self.test_ece.update(probabilities, targets)
         self.test_brier.update(probabilities, targets)
-        if self._oracle is None:
+        if self.calibration != "none":
+            self.test_loss_raw.update(raw_loss, weight=len(targets))
+            self.test_acc_raw.update(torch.sigmoid(raw_logits), targets)
+            self.test_ece_raw.update(torch.sigmoid(raw_logits), targets)
+        if not self._has_oracle:
             return
-        llr = self._oracle(batch[0])
+        llr = batch[2]
         bayes = (llr > 0).float()
         self.test_bayes_acc.update(bayes, targets)
         self.test_acc_gap.update(
@@ -135,6 +180,10 @@ class BinaryClassifier(LightningModule):
         # Far out in the tails the data cannot pin the llr down, so only the informative region counts.
         informative = llr.abs() <= INFORMATIVE_LLR
         self.test_llr_rmse.update(logits[informative], llr[informative])
+        self.test_llr_fit.update(logits[informative], llr[informative])
+        if self.calibration != "none":
+            self.test_llr_rmse_raw.update(raw_logits[informative], llr[informative])
+            self.test_llr_fit_raw.update(raw_logits[informative], llr[informative])
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(
@@ -146,9 +195,22 @@ class BinaryClassifier(LightningModule):
                 "test/brier": self.test_brier,
             }
         )
-        if self._oracle is None:
+        if self.calibration != "none":
+            self.log_dict(
+                {
+                    "test/loss_raw": self.test_loss_raw,
+                    "test/acc_raw": self.test_acc_raw,
+                    "test/ece_raw": self.test_ece_raw,
+                }
+            )
+        if not self._has_oracle:
             return
-        self.log_dict({"test/bayes_acc": self.test_bayes_acc, "test/llr_rmse": self.test_llr_rmse})
+        self.log("test/bayes_acc", self.test_bayes_acc)
+        if self._llr_floor is not None:
+            self.log("test/llr_floor", self._llr_floor, sync_dist=True)
+        self._log_llr_diagnostics("", self.test_llr_rmse, self.test_llr_fit)
+        if self.calibration != "none":
+            self._log_llr_diagnostics("_raw", self.test_llr_rmse_raw, self.test_llr_fit_raw)
         gap, standard_error = self.test_acc_gap.compute()
         self.test_acc_gap.reset()
         # Already combined across ranks by the metric; sync_dist only averages identical values.
@@ -157,9 +219,30 @@ class BinaryClassifier(LightningModule):
         if analytic is not None:
             self.log("test/bayes_acc_analytic", analytic, sync_dist=True)
 
+    def _log_llr_diagnostics(self, suffix: str, rmse: MeanSquaredError, fit: LinearFit) -> None:
+        """The logit against the true llr: RMSE, least-squares slope and offset, and the efficiency
+        ``rmse / floor`` where the data module knows the floor; nothing where no test point was scored."""
+        error = rmse.compute()
+        slope, offset = fit.compute()
+        rmse.reset()
+        fit.reset()
+        if not torch.isfinite(error):  # no test point lies in the band: classes that barely overlap
+            return
+        # All already combined across ranks by the metrics; sync_dist only averages identical values.
+        values = {
+            f"test/llr_rmse{suffix}": error,
+            f"test/llr_slope{suffix}": slope,
+            f"test/llr_offset{suffix}": offset,
+        }
+        if self._llr_floor is not None:
+            values[f"test/llr_efficiency{suffix}"] = error / self._llr_floor
+        self.log_dict(values, sync_dist=True)
+
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
-        logits = self(batch[0])
-        return {"probability": torch.sigmoid(logits), "logit": logits}
+        raw_logits = self.network(batch[0])
+        logits = self.calibrated(raw_logits)
+        outputs = {"probability": torch.sigmoid(logits), "logit": logits}
+        return outputs | ({"raw_logit": raw_logits} if self.calibration != "none" else {})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Checked before Lightning loads the weights, whose own error is a page of tensor shapes.

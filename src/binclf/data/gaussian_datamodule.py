@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor
 
 from binclf.data.gaussians import TwoGaussians
 from binclf.data.in_memory import InMemoryDataModule, LabelledData
+from binclf.metrics import INFORMATIVE_LLR
 
 # Each split draws from its own child of the data seed, so changing one split's size leaves the others as
 # they were: the test set is the same points whatever the training size.
@@ -53,6 +55,12 @@ class TwoGaussianDataModule(InMemoryDataModule):
     counts are per class. ``batch_size`` is the training batch (the article's 256); ``eval_batch_size``
     only splits the validation, test and predict sets, whose metrics do not depend on it.
 
+    ``standardize`` shows the network each feature centred and scaled by the mean and standard deviation of
+    the two classes together (known exactly here, so nothing is estimated). On the article's data the llr
+    is 25·(x − 1.5): from raw x the network must learn a steep line whose zero lies far from x = 0; from
+    standardised x the zero is at 0 and the slope about half as steep. A checkpoint keeps the centre and
+    spread, so its network is evaluated on inputs scaled as it was trained, whatever the config says.
+
     ``seed`` fixes the data and each epoch's shuffle, whatever the model seed (``seed_everything``), so runs
     that differ only in their model seed see identical batches. Train, validation and test sets are
     independent draws. The predict set is an even grid of ``num_predict_points`` along the line through both
@@ -77,6 +85,7 @@ class TwoGaussianDataModule(InMemoryDataModule):
         num_val_samples: int = 10_000,
         num_test_samples: int = 10_000,
         num_predict_points: int = 1_001,
+        standardize: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size, eval_batch_size, seed)
@@ -96,6 +105,12 @@ class TwoGaussianDataModule(InMemoryDataModule):
         self.num_val_samples = num_val_samples
         self.num_test_samples = num_test_samples
         self.num_predict_points = num_predict_points
+        # What the network is shown, and the training size its llr floor is for: this config's, until a
+        # checkpoint's state says what its network was trained with (``load_state_dict``).
+        centre, spread = self.gaussians.mixture_moments()
+        self.input_centre = centre.tolist() if standardize else [0.0] * self.gaussians.dim
+        self.input_spread = spread.tolist() if standardize else [1.0] * self.gaussians.dim
+        self.trained_num_samples = num_samples
 
     @property
     def input_dim(self) -> int:
@@ -132,6 +147,45 @@ class TwoGaussianDataModule(InMemoryDataModule):
         coordinate = torch.linspace(*self.feature_range, num_points)
         return coordinate, self.gaussians.line(coordinate)
 
+    def transform(self, features: Tensor) -> Tensor:
+        """What the network sees: ``features`` as drawn, or standardised (``standardize``)."""
+        if not any(self.input_centre) and all(s == 1 for s in self.input_spread):
+            return features
+        centre = torch.tensor(self.input_centre, dtype=features.dtype, device=features.device)
+        spread = torch.tensor(self.input_spread, dtype=features.dtype, device=features.device)
+        return (features - centre) / spread
+
+    def state_dict(self) -> dict[str, Any]:
+        """Kept in every checkpoint, as plain data: the standardisation the network was trained with, which
+        ``test`` and ``predict`` then apply whatever the config says, and the training size."""
+        return {
+            "input_centre": self.input_centre,
+            "input_spread": self.input_spread,
+            "trained_num_samples": self.trained_num_samples,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take a checkpoint's standardisation and training size (a resumed fit trains on the same data:
+        other data settings are refused). The state comes from a file that may be anyone's, so it is
+        checked first."""
+        for key, lowest in (("input_centre", -math.inf), ("input_spread", 0.0)):
+            value = state.get(key)
+            if not (
+                isinstance(value, list) and all(isinstance(v, float) and lowest < v < math.inf for v in value)
+            ):
+                raise ValueError(f"the checkpoint's data state is damaged: {key} is {value!r}"[:200])
+        trained_dim = len(state["input_centre"])
+        if trained_dim != self.gaussians.dim or len(state["input_spread"]) != trained_dim:
+            raise ValueError(
+                f"the checkpoint was trained on {trained_dim}-dimensional data, "
+                f"but data.dim is {self.gaussians.dim}"
+            )
+        size = state.get("trained_num_samples")
+        if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+            raise ValueError(f"the checkpoint's data state is damaged: trained_num_samples is {size!r}"[:200])
+        self.input_centre, self.input_spread = list(state["input_centre"]), list(state["input_spread"])
+        self.trained_num_samples = size
+
     def log_likelihood_ratio(self, features: Tensor) -> Tensor:
         """The oracle: log p(x | b) − log p(x | a) from the true densities, ``[n, 1]``."""
         return self.gaussians.log_likelihood_ratio(features)
@@ -140,6 +194,12 @@ class TwoGaussianDataModule(InMemoryDataModule):
     def bayes_accuracy_analytic(self) -> float | None:
         """The Bayes rule's expected accuracy, where a closed form exists (equal scales); else ``None``."""
         return self.gaussians.bayes_accuracy
+
+    def llr_rmse_floor(self) -> tuple[float | None, str]:
+        """The llr RMSE of the best possible estimator trained on as many points per class as the network
+        was, over the test points with |llr| ≤ 4 (:func:`binclf.data.gaussians.logistic_llr_floor`), or
+        ``None`` and why."""
+        return self.gaussians.llr_rmse_floor(self.trained_num_samples, INFORMATIVE_LLR)
 
     def _draw(self, split: int, num_per_class: int) -> LabelledData:
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(split,)))

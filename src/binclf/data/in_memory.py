@@ -32,12 +32,15 @@ class InMemoryDataModule(LightningDataModule):
     - :attr:`label_names`: what class 0 and class 1 are called in predictions, and :attr:`class_names` in
       figures;
     - the oracle, for data whose densities are known: :attr:`has_oracle`, :meth:`log_likelihood_ratio`,
-      :attr:`bayes_accuracy_analytic` and :meth:`grid`; the model's test metrics and the figures use them;
+      :attr:`bayes_accuracy_analytic`, :meth:`llr_rmse_floor` and :meth:`grid`; the model's test metrics
+      and the figures use them;
     - how figures draw the data: :meth:`project`, :attr:`projection_label`, :attr:`feature_range`,
       :attr:`description`;
     - :meth:`prediction_columns`: what identifies each row of the predictions file.
 
-    Predict batches are ``(features, index)``.
+    Training and validation batches are ``(features, targets)``; test batches of data with an oracle carry
+    the true llr of each point as a third tensor, computed from the features as drawn (the network sees
+    them transformed). Predict batches are ``(features, index)``.
     """
 
     #: Whether :meth:`log_likelihood_ratio` and :meth:`grid` know the true densities.
@@ -83,6 +86,11 @@ class InMemoryDataModule(LightningDataModule):
     def bayes_accuracy_analytic(self) -> float | None:
         """The Bayes rule's expected accuracy, where a closed form exists; else ``None``."""
         return None
+
+    def llr_rmse_floor(self) -> tuple[float | None, str]:
+        """The llr RMSE that the best possible estimator trained on this data would make on the test points
+        (``test/llr_efficiency`` is the model's RMSE over it), or ``None`` and why there is none."""
+        return None, f"{type(self).__name__} knows no floor for the llr error"
 
     def grid(self, num_points: int) -> tuple[Tensor, Tensor]:
         """``num_points`` even steps of the :meth:`project` coordinate and the points ``[n, dim]`` where it
@@ -141,7 +149,11 @@ class InMemoryDataModule(LightningDataModule):
         return self._labelled(self.val_set, shuffle=False)
 
     def test_dataloader(self) -> InMemoryBatches:
-        return self._labelled(self.test_set, shuffle=False)
+        if not self.has_oracle:
+            return self._labelled(self.test_set, shuffle=False)
+        features, targets = self.test_set
+        llr = self.log_likelihood_ratio(features)
+        return self._batches(self.transform(features), targets, llr, shuffle=False)
 
     def predict_dataloader(self) -> InMemoryBatches:
         index = torch.arange(len(self.predict_features))

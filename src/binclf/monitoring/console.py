@@ -162,14 +162,25 @@ class NetworkSummary(ModelSummary):
         say(f"Network, {parameters:,} trainable parameters:\n{network}")
 
 
-def test_summary(metrics: Mapping[str, float]) -> str:
-    """The test metrics in a few lines, with the oracle's where the data had one."""
+def test_summary(metrics: Mapping[str, float], calibration: str, floor_missing: str) -> str:
+    """The test metrics in a few lines, with the oracle's where the data had one. With a ``calibration``
+    (its description, else empty), the network's own figures follow the calibrated ones as "raw";
+    ``floor_missing`` says why there is no llr efficiency."""
 
     def value(key: str) -> float:
         return float(metrics[key])
 
+    def line(label: str, key: str, shown: str, factor: float = 1.0) -> str:
+        """One row; the raw figure beside it where one was logged."""
+        text = f"  {label:<22}{shown.format(factor * value(key))}"
+        if f"{key}_raw" in metrics:
+            text += f"   (raw {shown.format(factor * value(f'{key}_raw'))})"
+        return text
+
     lines = ["Test summary"]
-    lines.append(f"  accuracy              {100 * value('test/acc'):.3f} %")
+    if calibration:
+        lines.append(f"  calibration           {calibration}")
+    lines.append(line("accuracy", "test/acc", "{:.3f} %", factor=100))
     if "test/bayes_acc" in metrics:
         limit = metrics.get("test/bayes_acc_analytic")
         analytic = f"   (analytic limit {100 * float(limit):.3f} %)" if limit is not None else ""
@@ -177,8 +188,17 @@ def test_summary(metrics: Mapping[str, float]) -> str:
         gap, error = 100 * value("test/acc_gap"), 100 * value("test/acc_gap_se")
         lines.append(f"  gap to Bayes          {gap:+.3f} ± {error:.3f} pp")
     lines.append(f"  AUROC                 {value('test/auroc'):.5f}")
-    lines.append(f"  {f'ECE ({CALIBRATION_BINS} bins)':<22}{value('test/ece'):.4f}")
+    lines.append(line(f"ECE ({CALIBRATION_BINS} bins)", "test/ece", "{:.4f}"))
     lines.append(f"  Brier score           {value('test/brier'):.5f}")
     if "test/llr_rmse" in metrics:
-        lines.append(f"  {f'llr RMSE, |llr| ≤ {INFORMATIVE_LLR:g}':<22}{value('test/llr_rmse'):.3f}")
+        lines.append(line(f"llr RMSE, |llr| ≤ {INFORMATIVE_LLR:g}", "test/llr_rmse", "{:.3f}"))
+        lines.append(line("llr slope", "test/llr_slope", "{:.3f}"))
+        lines.append(line("llr offset", "test/llr_offset", "{:+.3f}"))
+        if "test/llr_floor" in metrics:
+            lines.append(f"  llr RMSE floor        {value('test/llr_floor'):.3f}")
+            lines.append(line("efficiency", "test/llr_efficiency", "{:.2f}"))
+        else:
+            lines.append(f"  efficiency            none: {floor_missing}")
+    elif "test/bayes_acc" in metrics:
+        lines.append(f"  llr RMSE              none: no test point lies where |llr| ≤ {INFORMATIVE_LLR:g}")
     return "\n".join(lines)

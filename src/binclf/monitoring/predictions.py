@@ -18,9 +18,10 @@ class PredictionWriter(Callback):
     predict in the same run writes ``predictions-2.csv``, and so on.
 
     The first columns identify each row: the data module's ``prediction_columns`` (``index`` and the
-    features, or a table's id column). Then come ``logit``, ``probability`` of class 1, and
+    features as drawn, or a table's id column). Then come ``logit``, ``probability`` of class 1, and
     ``predicted_label``: the data module's ``label_names[1]`` when the probability exceeds ``threshold``, else
-    ``label_names[0]``. Predict batches are ``(features, index)``.
+    ``label_names[0]``; for a calibrated model, last, the network's own ``raw_logit``. Predict batches are
+    ``(features, index)``, the features as the network sees them.
     Under DDP each rank writes ``<stem>.rank<N>.csv``.
     """
 
@@ -44,20 +45,20 @@ class PredictionWriter(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        features, index = batch[0], batch[1]
-        self._batches.append(
-            tuple(t.detach().cpu() for t in (index, features, outputs["logit"], outputs["probability"]))
-        )
+        columns = (batch[1], outputs["logit"], outputs["probability"], outputs.get("raw_logit"))
+        self._batches.append(tuple(t.detach().cpu() for t in columns if t is not None))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        index, features, logits, probabilities = (
+        index, logits, probabilities, *raw = (
             torch.cat(parts).numpy() for parts in zip(*self._batches, strict=True)
         )
         self._batches = []
         order = index.argsort(kind="stable")
         datamodule = trainer.datamodule
         if isinstance(datamodule, InMemoryDataModule):
-            identity = datamodule.prediction_columns(index[order], features[order])
+            # The features as drawn, not as the network saw them (standardised, say).
+            drawn = datamodule.predict_features[torch.from_numpy(index[order])].numpy()
+            identity = datamodule.prediction_columns(index[order], drawn)
             label_names = datamodule.label_names
         else:
             identity, label_names = {"index": index[order].tolist()}, ["0", "1"]
@@ -72,11 +73,14 @@ class PredictionWriter(Callback):
         def write(tmp: Path) -> None:
             with tmp.open("w", newline="") as file:
                 writer = csv.writer(file)
-                writer.writerow([*identity, "logit", "probability", "predicted_label"])
+                writer.writerow(
+                    [*identity, "logit", "probability", "predicted_label"] + ["raw_logit"] * len(raw)
+                )
                 for k, i in enumerate(order):
                     probability = probabilities[i, 0]
                     label = label_names[int(probability > self.threshold)]
                     row = [column[k] for column in identity.values()]
-                    writer.writerow([*row, str(logits[i, 0]), str(probability), label])
+                    extra = [str(raw[0][i, 0])] if raw else []
+                    writer.writerow([*row, str(logits[i, 0]), str(probability), label, *extra])
 
         atomic_write(self.path, write)

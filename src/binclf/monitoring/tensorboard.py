@@ -27,7 +27,7 @@ def _value(value: Any) -> bool | int | float | str:
 def hparams_row(config: Namespace, model_hparams: dict[str, Any]) -> dict[str, bool | int | float | str]:
     """The settings that tell one fit from another, flat: the data class and every data setting, the
     network's class and sizes, the optimizer's and scheduler's class and the arguments they were given
-    (none, ``False`` and zero are left out), the budget and the seeds."""
+    (none, ``False`` and zero are left out), the logit's calibration, the budget and the seeds."""
     data = config.data
     row: dict[str, bool | int | float | str] = {"data": _short(data.class_path)}
     row |= {f"data.{key}": _value(value) for key, value in data.init_args.items() if value is not None}
@@ -40,6 +40,7 @@ def hparams_row(config: Namespace, model_hparams: dict[str, Any]) -> dict[str, b
             for key, value in arguments.items()
             if value not in (None, False, 0)
         }
+    row["calibration"] = model_hparams.get("calibration", "none")
     row["trainer.max_epochs"] = config.trainer.max_epochs if config.trainer.max_epochs is not None else -1
     row["trainer.max_steps"] = config.trainer.max_steps
     row["seed_everything"] = _value(config.seed_everything)

@@ -344,6 +344,8 @@ def stackable(cli: Any) -> str | None:
     trainer = cli.config.trainer
     if linear_chain(cli.model.network) is None:
         return f"its network, {type(cli.model.network).__name__}, is not a chain of Linear and ReLU layers"
+    if cli.model.calibration != "none":
+        return "its calibration is fitted at each validation of a run, which a stack does not run"
     if cli.model.lr_scheduler is not None:
         return "a learning-rate scheduler would step once for the whole stack"
     if not isinstance(cli.datamodule, InMemoryDataModule):

@@ -1,0 +1,120 @@
+"""Calibration of the logit: fitted on the validation split, stored in the checkpoint, applied by test and
+predict, and reported beside the network's own figures."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import DEFAULT_CONFIG
+
+from binclf.calibration import fit_calibration
+from binclf.cli import run_cli
+from binclf.study.stacked import stackable
+
+
+def labels_drawn_from(true_logits: torch.Tensor, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(torch.sigmoid(true_logits), generator=generator)
+
+
+def test_a_known_affine_distortion_of_the_logit_is_recovered():
+    """Labels drawn from sigmoid(3·z − 0.5): the network's logit z is three times too timid and shifted."""
+    logits = torch.linspace(-3, 3, 200_000)
+    targets = labels_drawn_from(3 * logits - 0.5, seed=0)
+    scale, shift = fit_calibration(logits, targets, "affine")
+    assert scale == pytest.approx(3, rel=0.03)
+    assert shift == pytest.approx(-0.5, abs=0.03)
+
+
+def test_temperature_fits_the_scale_and_leaves_the_boundary_where_it_was():
+    logits = torch.linspace(-3, 3, 200_000)
+    targets = labels_drawn_from(3 * logits, seed=1)
+    scale, shift = fit_calibration(logits, targets, "temperature")
+    assert scale == pytest.approx(3, rel=0.03)
+    assert shift == 0
+
+
+def test_the_scale_stays_positive_so_no_decision_is_flipped():
+    """A logit that points the wrong way would want a negative scale; that would flip every decision."""
+    logits = torch.linspace(-3, 3, 10_000)
+    targets = labels_drawn_from(-logits, seed=2)
+    scale, _ = fit_calibration(logits, targets, "affine")
+    assert 0 < scale < 0.01
+
+
+def test_perfectly_separated_data_gives_a_finite_scale():
+    """With hard 0/1 targets the best scale would be infinite; Platt's targets, 501/502 and 1/502 here,
+    stop it where sigmoid(scale · logit) reaches them."""
+    logits = torch.cat([torch.linspace(-3, -0.5, 500), torch.linspace(0.5, 3, 500)])
+    scale, _ = fit_calibration(logits, (logits > 0).float(), "temperature")
+    assert 1 < scale < 20
+
+
+def test_none_is_the_identity():
+    assert fit_calibration(torch.randn(10), torch.ones(10), "none") == (1.0, 0.0)
+
+
+def test_calibration_round_trips_through_a_checkpoint(binclf, tmp_path, capsys):
+    """Fitted in ``fit``, stored as two plain tensors, and applied by ``test`` and ``predict`` in later
+    commands that are not told about it: the model is rebuilt from the checkpoint."""
+    fit = binclf("fit", "--model.calibration=affine")
+    checkpoint_path = Path(fit.trainer.checkpoint_callback.best_model_path)
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    assert checkpoint["hyper_parameters"]["calibration"] == "affine"
+    scale, shift = checkpoint["state_dict"]["logit_scale"], checkpoint["state_dict"]["logit_shift"]
+    assert scale.item() != 1
+    assert shift.item() != 0
+
+    capsys.readouterr()
+    test = binclf("test")
+    out = capsys.readouterr().out
+    assert test.model.calibration == "affine"
+    assert torch.equal(test.model.logit_scale, scale)
+    assert torch.equal(test.model.logit_shift, shift)
+    metrics = test.trainer.callback_metrics
+    for key in ("test/acc", "test/llr_rmse", "test/llr_slope", "test/ece"):
+        assert f"{key}_raw" in metrics
+    assert f"affine, fitted on the validation split: {scale.item():.4g} · logit {shift.item():+.4g}" in out
+    assert f"(raw {100 * float(metrics['test/acc_raw']):.3f} %)" in out
+
+    predict = binclf("predict")
+    with open(Path(predict.trainer.log_dir) / "predictions.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    raw = torch.tensor([float(row["raw_logit"]) for row in rows])
+    logit = torch.tensor([float(row["logit"]) for row in rows])
+    assert torch.allclose(logit, scale * raw + shift, atol=1e-5)
+    # and the raw logit is the network's own, as the checkpoint's weights compute it
+    model = predict.model
+    features = predict.datamodule.transform(predict.datamodule.predict_features)
+    assert torch.allclose(model.network(features).squeeze(1), raw, atol=1e-5)
+
+
+def test_temperature_changes_no_decision_and_brings_the_logit_towards_the_llr(binclf):
+    binclf("fit", "--model.calibration=temperature")
+    metrics = binclf("test").trainer.callback_metrics
+    assert metrics["test/acc"] == metrics["test/acc_raw"]
+    assert metrics["test/llr_rmse"] < metrics["test/llr_rmse_raw"]
+
+
+def test_without_calibration_nothing_raw_is_logged_and_the_logit_is_the_networks(binclf):
+    fit = binclf("fit")
+    assert fit.model.logit_scale.item() == 1
+    assert fit.model.logit_shift.item() == 0
+    metrics = binclf("test").trainer.callback_metrics
+    assert not [key for key in metrics if key.endswith("_raw")]
+
+
+def test_a_stack_refuses_a_calibration(tmp_path, monkeypatch):
+    """A stack runs no per-run validation hook, so the calibration would never be fitted: such runs train
+    solo."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["binclf-sweep"])
+    budget = ["--trainer.max_steps=20", "--trainer.val_check_interval=10"]
+    plain = run_cli(["-c", str(DEFAULT_CONFIG), *budget], run=False)
+    assert stackable(plain) is None
+    calibrated = run_cli(["-c", str(DEFAULT_CONFIG), *budget, "--model.calibration=temperature"], run=False)
+    assert "calibration" in stackable(calibrated)
