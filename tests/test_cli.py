@@ -106,6 +106,20 @@ def test_same_seed_gives_identical_runs(binclf, tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def test_a_runs_saved_config_tests_that_run_and_repeats_it(binclf, tmp_path):
+    """``lightning_logs/version_0/config.yaml`` is a config like any other: it names no run folder."""
+    first = binclf("fit", "--model.calibration=temperature")
+    run = tmp_path / "lightning_logs" / "version_0"
+    test = run_cli(["test", "-c", str(run / "config.yaml")])
+    assert Path(test.trainer.log_dir) == run
+    assert (run / "config.test-1.yaml").exists()
+    again = run_cli(["fit", "-c", str(run / "config.yaml")])
+    assert Path(again.trainer.log_dir) == tmp_path / "lightning_logs" / "version_1"
+    assert again.model.calibration == "temperature"
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(tensor, again.model.state_dict()[name]), name
+
+
 def test_model_seed_changes_weights_but_not_data(binclf):
     first = binclf("fit", "--seed_everything=1")
     second = binclf("fit", "--seed_everything=2")

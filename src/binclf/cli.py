@@ -6,6 +6,7 @@ checkpoint lookup in :mod:`binclf.runs`; checkpoint safety in :mod:`binclf.safe_
 
 from __future__ import annotations
 
+import copy
 import inspect
 import itertools
 import os
@@ -176,6 +177,9 @@ class BinclfCLI(LightningCLI):
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         _check_trainer_settings(config.trainer)
+        # The run's saved config keeps the logger as given, without the version this run claims below, so
+        # that ``-c lightning_logs/version_N/config.yaml`` repeats the run, or tests it, like any config.
+        self._logger_as_given = copy.deepcopy(config.trainer.get("logger"))
         self._point_logger_at_run_folder(config.trainer)
 
     def _point_logger_at_run_folder(self, trainer: Namespace) -> None:
@@ -248,6 +252,8 @@ class BinclfCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def after_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        config.trainer.logger = self._logger_as_given  # the trainer's logger is built; see above
         # Lightning restores a data module's state (a table's label names and statistics, say) from the
         # checkpoint only after ``setup`` has built the splits; restored here, nothing is built without it.
         state = self.checkpoint[1].get(type(self.datamodule).__qualname__) if self.checkpoint else None
