@@ -32,7 +32,7 @@ test: lint
 
 # Speed and memory against the bare PyTorch loop, printed as tables; each script says what it measures.
 bench: install
-	@for script in end_to_end loop_overhead scale workarounds stacked_study gpu; do \
+	@for script in end_to_end loop_overhead scale workarounds stacked_study ratio_levers gpu; do \
 		echo "== benchmarks/$$script.py"; $(BIN)/python benchmarks/$$script.py || exit 1; done
 
 # The README's figures and test summary: the default config, fitted and tested in a scratch log folder.
@@ -44,15 +44,15 @@ figures: install
 	mkdir -p docs/figures && cp $$scratch/lightning_logs/version_0/training_loss.png docs/figures/ && \
 	for png in $$scratch/lightning_logs/version_0/test_*.png; do name=$$(basename $$png); \
 		cp $$png docs/figures/$${name#test_}; done && \
-	sed -n '/^Test summary/,/^  llr RMSE/p' $$scratch/test.log > docs/figures/test_summary.txt && \
+	sed -n '/^Test summary/,/^  efficiency/p' $$scratch/test.log > docs/figures/test_summary.txt && \
 	rm -rf $$scratch
 
 # The article's "Model applicability" study; its figures and table go into the README's docs/sweep/.
 sweep: install
 	time $(BIN)/binclf-sweep -c configs/sweeps/applicability.yaml
 	mkdir -p docs/sweep
-	cp lightning_logs/sweeps/applicability/accuracy.png lightning_logs/sweeps/applicability/data_grid.png \
-		lightning_logs/sweeps/applicability/results.md docs/sweep/
+	cd lightning_logs/sweeps/applicability && cp accuracy.png llr_efficiency.png data_grid.png results.md \
+		$(CURDIR)/docs/sweep/
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir lightning_logs

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from binclf.data.gaussians import normal_cdf
+from binclf.study.report import efficiency_figure, report
 from binclf.study.sweep import finished, main, plan
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -144,8 +145,9 @@ def test_named_settings_a_failing_run_and_damaged_results(tmp_path, monkeypatch,
     assert "NoSuchOptimizer" in failed["error"]  # the parser's own message, not just its exit status
     assert (sweep / "accuracy.png").read_bytes().startswith(PNG)  # a named axis is drawn, not a crash
     table = (sweep / "results.md").read_text().splitlines()
-    assert table[0] == "| optimizer | Adam | NoSuchOptimizer | SGD |"
-    assert table[2].startswith("| network | ")
+    assert table[:3] == ["Test accuracy (%):", "", "| optimizer | Adam | NoSuchOptimizer | SGD |"]
+    assert table[4].startswith("| network | ")
+    assert table[4].split(" | ")[2] == "—"  # the failed run's cell
 
     # A result file that is damaged, or holds no result, means the run is redone, not that the sweep breaks.
     (sweep / "runs" / "optimizer=SGD,seed=0" / "result.json").write_text("[1, 2]")
@@ -210,3 +212,31 @@ def test_a_finished_run_counts_as_done_only_for_the_arguments_it_ran_with(tmp_pa
     (run.directory / "result.json").write_text(json.dumps({"status": "ok", "args": run.args}))
     assert finished(run)
     assert not finished(changed)
+
+
+def test_the_report_tables_the_llr_error_and_efficiency_and_draws_what_has_a_floor(tmp_path):
+    """Rows as a study writes them: the floor applied at scale 0.5 but not at 0.2, and one run failed."""
+
+    def row(scale, seed, efficiency=None, status="ok"):
+        values = {"status": status, "seed": seed, "data.scale": scale, "data.num_samples": 1000}
+        if status == "ok":
+            values |= {"test/acc": 0.9, "test/bayes_acc": 0.91, "test/llr_rmse": 0.1 + seed / 10}
+        if efficiency is not None:
+            values["test/llr_efficiency"] = efficiency
+        return values
+
+    rows = [row(0.2, 0), row(0.2, 1), row(0.5, 0, 1.0), row(0.5, 1, 3.0), row(1.0, 0, status="failed")]
+    report(rows, tmp_path, "data.scale", "data.num_samples")
+    sections = (tmp_path / "results.md").read_text().split("\n\n")
+    assert sections[1].splitlines() == [
+        "| num_samples \\ scale | 0.2 | 0.5 | 1 |",
+        "|---|---|---|---|",
+        "| 1,000 | 90.00 ± 0.00 | 90.00 ± 0.00 | — |",
+        "| Bayes rule | 91.00 ± 0.00 | 91.00 ± 0.00 | — |",
+    ]
+    assert sections[3].splitlines()[2] == "| 1,000 | 0.150 ± 0.050 | 0.150 ± 0.050 | — |"
+    assert sections[5].splitlines()[2] == "| 1,000 | — | 2.00 ± 1.00 | — |"
+    assert (tmp_path / "llr_efficiency.png").read_bytes().startswith(PNG)
+    # The finished cell without a floor is named; the failed one is not a missing floor.
+    label = efficiency_figure(rows, "data.scale", "data.num_samples", seeds=2).axes[0].get_xlabel()
+    assert label.endswith("no floor, so no point: num_samples=1,000 at scale=0.2")

@@ -1,16 +1,21 @@
-"""What a sweep shows: accuracy against a setting beside the Bayes limit, the data of every cell, a table."""
+"""What a sweep shows: accuracy against a setting beside the Bayes limit, the logit's efficiency as an llr,
+the data of every cell, and tables."""
 
 from __future__ import annotations
 
 import itertools
+import textwrap
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
+from binclf.metrics import INFORMATIVE_LLR
 from binclf.monitoring.plotting import accuracy_against_setting, to_image
 from binclf.safe_io import atomic_write
 from binclf.study.sweep import value_name
@@ -80,23 +85,100 @@ def accuracy_figure(rows: list[dict[str, Any]], x_key: str, line_key: str | None
     )
 
 
-def markdown_table(rows: list[dict[str, Any]], x_key: str, line_key: str | None) -> str:
-    """Mean ± sd test accuracy (%) per cell, and a last row for the Bayes rule on the same test points."""
-    accuracy = _group(rows, x_key, line_key, "test/acc")
-    bayes = _group(rows, x_key, None, "test/bayes_acc").get(None, {})
+def markdown_table(
+    rows: list[dict[str, Any]],
+    x_key: str,
+    line_key: str | None,
+    metric: str,
+    cell: Callable[[list[float]], str],
+    reference: tuple[str, str] | None = None,
+) -> str:
+    """``cell(values over seeds)`` of ``metric`` per (line, x) cell, "—" where no finished run logged it;
+    ``reference = (name, metric)`` adds a last row of that metric pooled over the lines."""
+    values = _group(rows, x_key, line_key, metric)
     xs = _ordered([row[x_key] for row in rows])
     corner = f"{_short(line_key)} \\ {_short(x_key)}" if line_key else _short(x_key)
-    header = f"| {corner} | " + " | ".join(_name(x) for x in xs)
-    lines = [header + " |", "|---" * (len(xs) + 1) + "|"]
+    table = [f"| {corner} | " + " | ".join(_name(x) for x in xs) + " |", "|---" * (len(xs) + 1) + "|"]
 
-    def cell(values: list[float]) -> str:
-        return f"{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f}" if values else "—"
+    def table_row(name: str, cells: dict) -> str:
+        return f"| {name} | " + " | ".join(cell(cells[x]) if cells.get(x) else "—" for x in xs) + " |"
 
-    for line_value in _ordered(list(accuracy)):
-        name = _name(line_value) if line_key else "network"
-        lines.append(f"| {name} | " + " | ".join(cell(accuracy[line_value].get(x, [])) for x in xs) + " |")
-    lines.append("| Bayes rule | " + " | ".join(cell(bayes.get(x, [])) for x in xs) + " |")
-    return "\n".join(lines) + "\n"
+    for line_value in _ordered([row.get(line_key) for row in rows]) if line_key else [None]:
+        table.append(table_row(_name(line_value) if line_key else "network", values[line_value]))
+    if reference is not None:
+        name, reference_metric = reference
+        table.append(table_row(name, _group(rows, x_key, None, reference_metric)[None]))
+    return "\n".join(table) + "\n"
+
+
+def results_markdown(rows: list[dict[str, Any]], x_key: str, line_key: str | None) -> str:
+    """The study's tables, mean ± sd over seeds per cell: test accuracy beside the Bayes rule on the same
+    test points and, for data with an oracle, the logit's error as an llr and its efficiency."""
+
+    def mean_sd(scale: float, digits: int) -> Callable[[list[float]], str]:
+        return lambda values: f"{scale * np.mean(values):.{digits}f} ± {scale * np.std(values):.{digits}f}"
+
+    bayes = ("Bayes rule", "test/bayes_acc")
+    sections = [
+        "Test accuracy (%):\n\n" + markdown_table(rows, x_key, line_key, "test/acc", mean_sd(100, 2), bayes)
+    ]
+    if any("test/llr_rmse" in row for row in rows):
+        rmse = markdown_table(rows, x_key, line_key, "test/llr_rmse", mean_sd(1, 3))
+        efficiency = markdown_table(rows, x_key, line_key, "test/llr_efficiency", mean_sd(1, 2))
+        sections.append(
+            f"Error of the logit as a log-likelihood ratio, RMSE over the test points with |llr| ≤ "
+            f"{INFORMATIVE_LLR:g} (nats):\n\n{rmse}"
+        )
+        sections.append(
+            "Efficiency: that RMSE over the floor, the RMSE of the best possible estimator trained on the "
+            "cell's data (1 is the best possible; —: the floor does not apply, and each run's test "
+            f"summary says why):\n\n{efficiency}"
+        )
+    return "\n".join(sections)
+
+
+def efficiency_figure(rows: list[dict[str, Any]], x_key: str, line_key: str | None, seeds: int) -> Figure:
+    """The llr efficiency against the x setting, one line per line setting, mean ± sd over seeds, on a log
+    scale beside the floor; the finished cells without one are named below the axes."""
+    groups = _group(rows, x_key, line_key, "test/llr_efficiency")
+    figure = Figure(figsize=(6.4, 4.8), layout="constrained")
+    axes = figure.add_subplot()
+    for line_value, cells in sorted(groups.items()):
+        xs = _ordered(list(cells))
+        label = f"{_short(line_key)} = {_name(line_value)}" if line_key else "network"
+        means = [np.mean(cells[x]) for x in xs]
+        axes.errorbar(xs, means, yerr=[np.std(cells[x]) for x in xs], marker="o", capsize=3, label=label)
+    axes.axhline(1, color="black", linewidth=1, label="floor: the best possible estimator")
+    finished: dict = defaultdict(set)
+    for row in rows:
+        if row["status"] == "ok":
+            finished[row.get(line_key) if line_key else None].add(row[x_key])
+    missing = []
+    for line_value in _ordered(list(finished)):
+        lacking = [x for x in _ordered(list(finished[line_value])) if not groups.get(line_value, {}).get(x)]
+        where = (
+            "every " + _short(x_key)
+            if len(lacking) == len(finished[line_value])
+            else (f"{_short(x_key)}=" + ", ".join(_name(x) for x in lacking))
+        )
+        if lacking:
+            missing.append((f"{_short(line_key)}={_name(line_value)} at " if line_key else "") + where)
+    note = textwrap.fill("no floor, so no point: " + "; ".join(missing), width=90) if missing else ""
+    axes.set_xlabel(f"{x_key}\n{note}".strip(), fontsize=9)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    # Plain numbers at 1, 2, 5, 10, ... rather than powers of ten alone.
+    axes.xaxis.set_major_formatter(ScalarFormatter())
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.yaxis.set_major_formatter(ScalarFormatter())
+    axes.yaxis.set_minor_formatter(NullFormatter())
+    axes.set_xticks(sorted({x for cells in groups.values() for x in cells}))
+    axes.set_ylabel("llr RMSE / floor")
+    axes.set_title(f"Efficiency of the logit as an llr: mean ± sd over {seeds} seed(s)", fontsize=10)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    return figure
 
 
 def data_grid(rows: list[dict[str, Any]], x_key: str, line_key: str | None) -> Figure:
@@ -136,7 +218,8 @@ def report(
     x_key: str,
     line_key: str | None,
 ) -> None:
-    """Write ``accuracy.png``, ``data_grid.png`` and ``results.md`` into ``sweep_dir``, and the figures to
+    """Write ``accuracy.png``, ``data_grid.png``, ``llr_efficiency.png`` (where runs logged an efficiency
+    and the x setting is a positive number) and ``results.md`` into ``sweep_dir``, and the figures to
     TensorBoard under ``sweep_dir/summary``."""
     from torch.utils.tensorboard import SummaryWriter
 
@@ -145,11 +228,14 @@ def report(
         "accuracy": accuracy_figure(rows, x_key, line_key, seeds),
         "data_grid": data_grid(rows, x_key, line_key),
     }
+    numeric = all(isinstance(row[x_key], (int, float)) and row[x_key] > 0 for row in rows)
+    if numeric and any("test/llr_efficiency" in row for row in rows):
+        figures["llr_efficiency"] = efficiency_figure(rows, x_key, line_key, seeds)
     writer = SummaryWriter(str(sweep_dir / "summary"))
     for name, figure in figures.items():
         image = to_image(figure)
         atomic_write(sweep_dir / f"{name}.png", lambda tmp, pixels=image: imsave(tmp, pixels, format="png"))
         writer.add_image(f"sweep/{name}", image, dataformats="HWC")
     writer.close()
-    table = markdown_table(rows, x_key, line_key)
-    atomic_write(sweep_dir / "results.md", lambda tmp: tmp.write_text(table))
+    tables = results_markdown(rows, x_key, line_key)
+    atomic_write(sweep_dir / "results.md", lambda tmp: tmp.write_text(tables))
