@@ -37,6 +37,29 @@ def raise_on_sigterm() -> signal.Handlers | object:
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
+class StopOnce:
+    """A handler for SIGINT and SIGTERM that stops a process that has workers to end: the first signal
+    raises ``KeyboardInterrupt`` or :class:`Terminated`, and any later one does nothing, so that a second
+    signal (Ctrl-C pressed twice, two workers asking at once) cannot cut short the ending of the workers."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    def install(self) -> tuple[object, object]:
+        """Handle both signals from now on; returns the previous SIGINT and SIGTERM handlers. A SIGINT that
+        the process was started to ignore (a shell's background job) stays ignored, as Python leaves it."""
+        interrupt = signal.getsignal(signal.SIGINT)
+        if interrupt is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, self)
+        return interrupt, signal.signal(signal.SIGTERM, self)
+
+
 def error_message(error: BaseException) -> str:
     """The line of ``error`` that names the problem."""
     from binclf.safe_io import CheckpointError

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from binclf.command import EXIT_STATUS, Terminated, raise_on_sigterm
+from binclf.command import EXIT_STATUS, StopOnce, Terminated
 
 _RESULT = "result.json"
 _FIRST_COLUMNS = ["run", "seed", "status"]
@@ -583,7 +583,7 @@ def main(args: list[str] | None = None) -> None:
     else:
         workers = config.workers or (1 if _on_gpu(config.base_config, config.args) else os.cpu_count() or 1)
     start = time.perf_counter()
-    previous_handlers = signal.getsignal(signal.SIGINT), raise_on_sigterm()
+    previous_handlers = StopOnce().install()
     try:
         results = run_sweep(runs, workers, config.mode, ray)
         rows = write_results(runs, sweep_dir / "results.csv", results)
