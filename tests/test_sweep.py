@@ -3,8 +3,10 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -240,3 +242,50 @@ def test_the_report_tables_the_llr_error_and_efficiency_and_draws_what_has_a_flo
     # The finished cell without a floor is named; the failed one is not a missing floor.
     label = efficiency_figure(rows, "data.scale", "data.num_samples", seeds=2).axes[0].get_xlabel()
     assert label.endswith("no floor, so no point: num_samples=1,000 at scale=0.2")
+
+
+def test_workers_end_themselves_when_the_sweep_is_killed_outright(tmp_path, default_config):
+    """SIGKILL leaves a sweep no chance to end its workers: they notice that it has gone, and end."""
+    hold = {"class_path": "faults.HoldAtTrainStart", "init_args": {"folder": str(tmp_path)}}
+    command = [
+        str(Path(sys.executable).parent / "binclf-sweep"),
+        f"--base_config={default_config}",
+        '--grid={"data.scale": [0.5, 1.0]}',
+        "--epochs=1",
+        f"--args=[--data.num_samples=100, '--trainer.callbacks+={json.dumps(hold)}']",
+        "--name=killed",
+        "--workers=2",
+    ]
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    sweep = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment
+    )
+    workers: list[int] = []
+    try:
+        # Both runs held at the start of training, which never goes on: the files they write say so.
+        wait_for(lambda: len(list(tmp_path.glob("started@*"))) == 2, "both workers to start a run")
+        workers = [int(path.name.split("@")[2]) for path in tmp_path.glob("started@*")]
+        sweep.kill()
+        sweep.wait()
+        wait_for(lambda: not any(map(running, workers)), "the workers to end")
+    finally:
+        sweep.kill()
+        for pid in filter(running, workers):
+            os.kill(pid, signal.SIGKILL)
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(condition, what: str, limit_seconds: float = 120) -> None:
+    """Poll ``condition`` until it holds: the test waits on an event, and the limit only ends a hang."""
+    deadline = time.monotonic() + limit_seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"still waiting for {what} after {limit_seconds} s")
+        time.sleep(0.1)

@@ -357,14 +357,26 @@ def training_histogram(datamodule: Any, bins: int = 50) -> dict[str, list[float]
     return {"edges": edges.tolist(), "a": counts["a"].tolist(), "b": counts["b"].tolist()}
 
 
-def _worker_start() -> None:
+def _worker_start(sweep: int) -> None:
+    import threading
+
     import torch
+
+    # A sweep killed outright (SIGKILL, the out-of-memory killer) cannot end its workers: they end themselves.
+    threading.Thread(target=_exit_without, args=(sweep,), daemon=True).start()
 
     # One intra-op thread per worker: several workers share the cores, and this model is too small to gain.
     torch.set_num_threads(1)
     # Ctrl-C reaches every process of the terminal; the sweep's own process stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.argv = sys.argv[:1]  # each run's arguments are passed to the CLI directly, not through argv
+
+
+def _exit_without(sweep: int) -> None:
+    """End this worker once ``sweep``, the process that started it, has gone: its parent is then another."""
+    while os.getppid() == sweep:
+        time.sleep(1)
+    os._exit(1)
 
 
 def _end_workers(grace_seconds: float = 10.0) -> None:
@@ -473,7 +485,9 @@ def run_sweep(
 def _run_here(work: list[list[Run]], workers: int, record: Any) -> None:
     # A fresh interpreter per worker: no inherited torch threads or locks.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_worker_start, initargs=(os.getpid(),)
+    ) as pool:
         try:
             futures = {pool.submit(run_task, task): task for task in work}
             for future in as_completed(futures):
