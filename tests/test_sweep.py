@@ -282,8 +282,9 @@ def running(pid: int) -> bool:
         return False
 
 
-def wait_for(condition, what: str, limit_seconds: float = 120) -> None:
-    """Poll ``condition`` until it holds: the test waits on an event, and the limit only ends a hang."""
+def wait_for(condition, what: str, limit_seconds: float = 300) -> None:
+    """Poll ``condition`` until it holds. The test waits on an event, not on a clock: the limit, the same
+    as the other sweep tests' process timeouts, only ends a hang."""
     deadline = time.monotonic() + limit_seconds
     while not condition():
         if time.monotonic() > deadline:
