@@ -158,6 +158,7 @@ class BinaryClassifier(LightningModule):
         oracle, which then also scores the Bayes rule and the logit as an llr on the same points."""
         raw_loss, raw_logits, targets = self.model_step(batch[:2])
         logits = self.calibrated(raw_logits)
+        _require_finite(logits, "test", batch_idx)
         loss = self.criterion(logits, targets)
         probabilities = torch.sigmoid(logits)
         self.test_loss.update(loss, weight=len(targets))
@@ -241,6 +242,7 @@ class BinaryClassifier(LightningModule):
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
         raw_logits = self.network(batch[0])
         logits = self.calibrated(raw_logits)
+        _require_finite(logits, "predict", batch_idx)
         outputs = {"probability": torch.sigmoid(logits), "logit": logits}
         return outputs | ({"raw_logit": raw_logits} if self.calibration != "none" else {})
 
@@ -262,6 +264,18 @@ class BinaryClassifier(LightningModule):
         for name, _ in self.named_parameters():
             if not torch.isfinite(stored[name]).all():
                 raise ValueError(f"the checkpoint's {name} is not finite: the run that saved it had diverged")
+        scale, shift = stored["logit_scale"], stored["logit_shift"]
+        if not (torch.isfinite(scale) and torch.isfinite(shift) and scale > 0):
+            raise ValueError(
+                f"the checkpoint's calibration is damaged: logit_scale {scale.item()}, logit_shift "
+                f"{shift.item()} (the scale must be positive, both finite)"
+            )
+        identity = {"none": (scale == 1 and shift == 0), "temperature": shift == 0, "affine": True}
+        if not identity[self.calibration]:
+            raise ValueError(
+                f"the checkpoint's calibration is damaged: calibration is {self.calibration!r}, but "
+                f"logit_scale is {scale.item()} and logit_shift {shift.item()}"
+            )
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())
@@ -272,3 +286,13 @@ class BinaryClassifier(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "monitor": "val/loss"},
         }
+
+
+def _require_finite(logits: Tensor, stage: str, batch_idx: int) -> None:
+    """A logit that is not finite would turn every metric, and every prediction, into a tidy-looking lie."""
+    if not torch.isfinite(logits).all():
+        bad = int((~torch.isfinite(logits)).sum())
+        raise FloatingPointError(
+            f"the model's logit is not finite for {bad} point(s) of {stage} batch {batch_idx}: the inputs "
+            "are far outside what it was trained on, or its weights overflow"
+        )

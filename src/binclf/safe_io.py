@@ -1,26 +1,24 @@
 """File safety: files written whole or not at all, and checkpoints read as data, never as code.
 
 Everything binclf writes (checkpoints, figures, predictions, a sweep's results) goes through
-:func:`atomic_write`; every checkpoint it reads goes through :func:`load_checkpoint` and, before LightningCLI
-parses their hyperparameters, :func:`check_hyperparameters`.
+:func:`atomic_write`; every checkpoint it reads goes through :func:`load_checkpoint`, which checks Lightning's
+layout and every number Lightning restores before anything uses them. The model a checkpoint describes is
+built by :mod:`binclf.from_checkpoint`.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import math
 import os
 import pickle
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import Namespace
 from lightning.fabric.plugins import TorchCheckpointIO
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -41,36 +39,132 @@ class CheckpointError(ValueError):
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu", *, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint as plain data (``weights_only=True``): tensors, numbers, strings and containers,
-    shaped as Lightning writes them (a dict with its version key and a ``state_dict`` of tensors).
+    in Lightning's layout, every number checked (:func:`_check_layout`).
 
     A checkpoint that holds any other object is refused before that object is built, so a crafted file
-    cannot run code here. A file cut short or damaged is reported as such, never half-read. What the
-    checkpoint *names* (its hyperparameters) is checked separately, by :func:`check_hyperparameters`.
+    cannot run code here. A file cut short or damaged is reported as such, never half-read. The model the
+    checkpoint describes (its hyperparameters) is checked and built by :mod:`binclf.from_checkpoint`.
     """
     state = _unpickle(path, map_location, mmap)
     if not isinstance(state, dict):
         raise CheckpointError(
             f"checkpoint {path} is not a Lightning checkpoint: it holds a {type(state).__name__}"
         )
-    for key, kind in [("pytorch-lightning_version", str), ("state_dict", dict)]:
-        if not isinstance(state.get(key), kind):
-            raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint: it has no {key!r}")
-    for name, tensor in state["state_dict"].items():
-        if not isinstance(tensor, torch.Tensor):
-            kind = type(tensor).__name__
-            raise CheckpointError(
-                f"checkpoint {path} is damaged: state_dict[{name!r}] is a {kind}, not a tensor"
-            )
-    loops = state.get("loops", {})
-    expected = ("fit_loop", "validate_loop", "test_loop", "predict_loop")  # Lightning restores each, if any
-    if not isinstance(loops, dict) or (loops and not all(isinstance(loops.get(k), dict) for k in expected)):
-        raise CheckpointError(
-            f"checkpoint {path} is damaged: its loops state lacks one of {', '.join(expected)}"
+    _check_layout(state, Path(path))
+    return state
+
+
+# Lightning migrates a checkpoint by its version key: only from the versions binclf has run on.
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.\d+)?(?:[.+\-]?\w+)*")
+_OLDEST_LIGHTNING = (2, 0)
+# Steps and epochs far beyond any run, and small enough to stay exact in float64 and in every counter.
+_LARGEST_COUNT = 2**53
+_LOOPS = ("fit_loop", "validate_loop", "test_loop", "predict_loop")
+
+
+def _check_layout(state: dict[str, Any], path: Path) -> None:
+    """Lightning's checkpoint layout, checked before Lightning migrates or restores any of it: the version
+    key, the counters, the loops' progress, the callbacks' state, the optimizer and scheduler states and
+    the weights, each of the type Lightning writes and every number finite and in range."""
+
+    def damaged(key: str, why: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path} is damaged: {key} {why}")
+
+    version = state.get("pytorch-lightning_version")
+    if not isinstance(version, str) or not isinstance(state.get("state_dict"), dict):
+        missing = "pytorch-lightning_version" if not isinstance(version, str) else "state_dict"
+        raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint: it has no {missing!r}")
+    match = _VERSION.fullmatch(version)
+    if match is None or (int(match[1]), int(match[2])) < _OLDEST_LIGHTNING:
+        raise damaged(
+            "pytorch-lightning_version", f"is {version[:40]!r}, not a Lightning version from 2.0 on"
         )
+    for name, tensor in state["state_dict"].items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise damaged(f"state_dict[{name!r}]", f"is a {type(tensor).__name__}, not a tensor")
+    for key in ("epoch", "global_step"):
+        value = state.get(key, 0)
+        if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _LARGEST_COUNT):
+            raise damaged(key, f"is {value!r}"[:80] + ", not a count")
+    loops = state.get("loops", {})
+    if not isinstance(loops, dict) or (loops and not all(isinstance(loops.get(k), dict) for k in _LOOPS)):
+        raise damaged("loops", f"lacks one of {', '.join(_LOOPS)}")
+    _check_counters(loops, "loops", damaged)
     for key in ("hyper_parameters", "datamodule_hyper_parameters"):
         if not isinstance(state.get(key, {}), dict):
             raise CheckpointError(f"checkpoint {path}: {key} is a {type(state[key]).__name__}, not a mapping")
-    return state
+    for key in ("hparams_name", "datamodule_hparams_name"):
+        if not isinstance(state.get(key, ""), str):
+            raise damaged(key, "is not a name")
+    callbacks = state.get("callbacks", {})
+    if not isinstance(callbacks, dict):
+        raise damaged("callbacks", "is not a mapping")
+    for key, callback_state in callbacks.items():
+        if isinstance(key, str) and key.startswith("ModelCheckpoint"):
+            _check_model_checkpoint_state(callback_state, f"callbacks[{key.split('{')[0]}]", damaged)
+    for key in ("optimizer_states", "lr_schedulers"):
+        states = state.get(key, [])
+        if not isinstance(states, list) or not all(isinstance(s, dict) for s in states):
+            raise damaged(key, "is not a list of states")
+        for i, item in enumerate(states):
+            _check_numbers(item, f"{key}[{i}]", damaged)
+
+
+def _check_counters(value: Any, key: str, damaged: Callable[[str, str], Exception]) -> None:
+    """Lightning's loop progress: mappings whose leaves are counts or flags."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise damaged(key, f"has a key {name!r}, not a name")
+            _check_counters(item, f"{key}.{name}", damaged)
+    elif not (isinstance(value, bool) or (isinstance(value, int) and 0 <= value <= _LARGEST_COUNT)):
+        raise damaged(key, f"is {value!r}"[:80] + ", not a count")
+
+
+def _check_numbers(value: Any, key: str, damaged: Callable[[str, str], Exception]) -> None:
+    """Optimizer and scheduler states: containers of names, flags, numbers and tensors, none of them NaN."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, (str, int)) or (isinstance(name, str) and name.startswith("__")):
+                raise damaged(key, f"has a key {name!r}"[:80])
+            _check_numbers(item, f"{key}.{name}", damaged)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_numbers(item, f"{key}[{i}]", damaged)
+    elif isinstance(value, float) and math.isnan(value):
+        raise damaged(key, "is NaN")
+    elif isinstance(value, torch.Tensor) and value.is_floating_point() and torch.isnan(value).any():
+        raise damaged(key, "holds NaN")
+    elif not isinstance(value, (type(None), bool, int, float, str, torch.Tensor)):
+        raise damaged(key, f"is a {type(value).__name__}")
+
+
+def _check_model_checkpoint_state(state: Any, key: str, damaged: Callable[[str, str], Exception]) -> None:
+    """A ModelCheckpoint's state: on resume it deletes the files it records as superseded, so every path
+    in it must name a checkpoint in its own ``dirpath``, and every score must be a number."""
+    if not isinstance(state, dict):
+        raise damaged(key, "is not a mapping")
+    dirpath = state.get("dirpath")
+    if dirpath is not None and not isinstance(dirpath, str):
+        raise damaged(f"{key}.dirpath", "is not a path")
+    best_k = state.get("best_k_models", {})
+    if not isinstance(best_k, dict):
+        raise damaged(f"{key}.best_k_models", "is not a mapping")
+    paths = [(f"{key}.{name}", state.get(name, "")) for name in ("best_model_path", "kth_best_model_path")]
+    paths += [(f"{key}.last_model_path", state.get("last_model_path", ""))]
+    paths += [(f"{key}.best_k_models", name) for name in best_k]
+    for where, value in paths:
+        if not isinstance(value, str):
+            raise damaged(where, "is not a path")
+        inside = dirpath is not None and os.path.dirname(value) == dirpath.rstrip(os.sep)
+        if value and not (inside and value.endswith(".ckpt") and ".." not in Path(value).parts):
+            raise damaged(where, f"is {value[:80]!r}, not a checkpoint in its own folder")
+    scores = [state.get(name) for name in ("best_model_score", "current_score", "kth_value")]
+    for score in [*scores, *best_k.values()]:
+        if score is None:
+            continue
+        if not (isinstance(score, torch.Tensor) and score.numel() == 1 and not torch.isnan(score).any()):
+            raise damaged(key, f"has a score {score!r}"[:80] + ", not a number")
 
 
 def _unpickle(path: str | Path, map_location: Any, mmap: bool) -> Any:
@@ -92,109 +186,6 @@ def _unpickle(path: str | Path, map_location: Any, mmap: bool) -> Any:
         raise CheckpointError(
             f"checkpoint {path} is incomplete or damaged ({type(error).__name__}: {reason})"
         ) from error
-
-
-# What LightningCLI stores beside a model's settings; it removes the key before parsing the rest.
-_INSTANTIATOR = ("_instantiator", "lightning.pytorch.cli.instantiate_module")
-_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
-
-
-def check_hyperparameters(
-    hyperparameters: dict[str, Any], path: str | Path, *, settings: set[str], trusted_classes: set[str]
-) -> None:
-    """Refuse checkpoint hyperparameters that could make LightningCLI import or build code.
-
-    LightningCLI parses a checkpoint's ``hyper_parameters`` as if they were a config file that the user
-    wrote, and jsonargparse imports and builds whatever class or function they name. A checkpoint may come
-    from anyone, so before that happens every value must be one of:
-
-    - plain data: ``None``, a number, a boolean, a string, or a list of these;
-    - at the top level only (one of the model's ``settings``), a class given as ``class_path`` (one of
-      ``trusted_classes``) with ``init_args`` of plain data: no class nested inside another.
-
-    A string that reads as a dotted name of an importable module (``os.system``) is refused too, since an
-    argument typed as a callable would import and call it. Nothing is imported here: importability is
-    looked up with ``importlib.util.find_spec`` on the top-level name only, which runs no module code.
-    """
-
-    def refuse(key: str, why: str) -> CheckpointError:
-        return CheckpointError(f"refused checkpoint {path}: hyper_parameters.{key} {why}")
-
-    def plain(value: Any, key: str) -> None:
-        if value is None or isinstance(value, (bool, int, float)):
-            return
-        if isinstance(value, str):
-            if _DOTTED_NAME.fullmatch(value) and importlib.util.find_spec(value.split(".")[0]) is not None:
-                raise refuse(key, f"is {value!r}, the name of something importable, which could run code")
-            return
-        if isinstance(value, (list, tuple)):
-            for i, item in enumerate(value):
-                plain(item, f"{key}[{i}]")
-            return
-        if isinstance(value, dict) and ("class_path" in value or "_class_path" in value):
-            raise refuse(key, "is a class nested inside another class's arguments, which could run code")
-        raise refuse(
-            key, f"is a {type(value).__name__}; only numbers, strings, booleans and lists are allowed"
-        )
-
-    for key, value in hyperparameters.items():
-        if (key, value) == _INSTANTIATOR:
-            continue
-        if key not in settings:
-            raise refuse(key, "is not a setting of the model")
-        if not isinstance(value, dict):
-            plain(value, key)
-            continue
-        class_path = value.get("class_path")
-        if class_path not in trusted_classes:
-            raise refuse(
-                f"{key}.class_path",
-                f"is {class_path!r}, which is not among the classes binclf builds from a checkpoint "
-                "(its own networks and data modules, torch.optim optimizers and LR schedulers, and the "
-                "classes named in this command's config)",
-            )
-        for part, arguments in value.items():
-            if part == "class_path":
-                continue
-            if part not in ("init_args", "dict_kwargs") or not isinstance(arguments, dict):
-                raise refuse(f"{key}.{part}", "is not part of a class's settings (class_path, init_args)")
-            for name, argument in arguments.items():
-                plain(argument, f"{key}.{part}.{name}")
-
-
-def _class_paths(value: Any) -> Iterator[str]:
-    """Every ``class_path`` in a parsed config, at any depth."""
-    if isinstance(value, Namespace):
-        value = value.as_dict()
-    if isinstance(value, dict):
-        if isinstance(value.get("class_path"), str):
-            yield value["class_path"]
-        for item in value.values():
-            yield from _class_paths(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _class_paths(item)
-
-
-def trusted_classes(config: Namespace) -> set[str]:
-    """The classes that a checkpoint's hyperparameters may name: binclf's networks and data modules,
-    torch's optimizers and LR schedulers, and the classes this command's own config names."""
-    from binclf.data import TabularDataModule, TwoGaussianDataModule
-    from binclf.networks import MLP, LogisticRegression
-
-    own = [MLP, LogisticRegression, TwoGaussianDataModule, TabularDataModule]
-    optimizers = [c for c in vars(torch.optim).values() if isinstance(c, type) and issubclass(c, Optimizer)]
-    schedulers = [
-        c
-        for c in vars(torch.optim.lr_scheduler).values()
-        if isinstance(c, type) and issubclass(c, (LRScheduler, ReduceLROnPlateau))
-    ]
-    trusted = {f"{c.__module__}.{c.__qualname__}" for c in [*own, *optimizers, *schedulers]}
-    # Classes by the public names configs use: torch.optim.SGD, not torch.optim.sgd.SGD; binclf.data.X.
-    trusted |= {f"torch.optim.{c.__name__}" for c in optimizers}
-    trusted |= {f"torch.optim.lr_scheduler.{c.__name__}" for c in schedulers}
-    trusted |= {f"binclf.data.{c.__name__}" for c in own if c.__module__.startswith("binclf.data")}
-    return trusted | set(_class_paths(config))
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -13,10 +13,8 @@ import contextlib
 import os
 import sys
 import threading
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from jsonargparse import Namespace
-from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.profilers import PassThroughProfiler
 
@@ -46,21 +44,6 @@ def exit_without_teardown(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def apply_checkpoint_hyperparameters(
-    parser: LightningArgumentParser, config: Namespace, hyperparameters: dict[str, Any]
-) -> Namespace:
-    """The model settings of a checkpoint, applied to ``config`` from contents already read and checked.
-
-    LightningCLI does this itself in ``_parse_ckpt_path``, from a second read of the file: someone who
-    replaced the file in between would get unchecked settings parsed. So binclf applies them here, as
-    LightningCLI would, and the caller clears ``ckpt_path`` until LightningCLI has passed that step
-    (``before_instantiate_classes``), which makes LightningCLI skip its own read.
-    """
-    subcommand = config["subcommand"]
-    settings = {key: value for key, value in hyperparameters.items() if key != "_instantiator"}
-    return parser.parse_object({subcommand: {"model": settings}}, config) if settings else config
 
 
 class NullProfiler(PassThroughProfiler):

@@ -11,12 +11,16 @@ import torch
 from torch import Tensor
 
 from binclf.data.gaussians import TwoGaussians
-from binclf.data.in_memory import InMemoryDataModule, LabelledData
+from binclf.data.in_memory import InMemoryDataModule, LabelledData, check_standardisation
+from binclf.limits import require_memory
 from binclf.metrics import INFORMATIVE_LLR
 
 # Each split draws from its own child of the data seed, so changing one split's size leaves the others as
 # they were: the test set is the same points whatever the training size.
 _TRAIN, _VAL, _TEST = 0, 1, 2
+
+# A training size a checkpoint may claim: more samples per class than this would not fit in any memory.
+_LARGEST_TRAINING_SET = 10**12
 
 # The article's histogram (and the predict grid) spans this many scales beyond the outer means.
 _SPAN_IN_SCALES = 5.0
@@ -97,6 +101,16 @@ class TwoGaussianDataModule(InMemoryDataModule):
             ("num_predict_points", num_predict_points),
         ]:
             _require(value >= 1, f"{name} must be at least 1, got {value}")
+        # float32 features and targets (and each test point's true llr), refused before setup draws them.
+        splits = [
+            ("num_samples", num_samples, 2 * num_samples * (dim + 1)),
+            ("num_val_samples", num_val_samples, 2 * num_val_samples * (dim + 1)),
+            ("num_test_samples", num_test_samples, 2 * num_test_samples * (dim + 2)),
+            ("num_predict_points", num_predict_points, num_predict_points * (dim + 1)),
+        ]
+        for name, value, floats in splits:
+            require_memory(f"data.{name}={value:,} with data.dim={dim}", 4 * floats, "data")
+        require_memory("data.dim with all the sample counts", 4 * sum(f for *_, f in splits), "data")
         self.gaussians = TwoGaussians(
             _vector("mean_a", mean_a, dim), _vector("mean_b", mean_b, dim), *_scales(scale)
         )
@@ -168,20 +182,16 @@ class TwoGaussianDataModule(InMemoryDataModule):
         """Take a checkpoint's standardisation and training size (a resumed fit trains on the same data:
         other data settings are refused). The state comes from a file that may be anyone's, so it is
         checked first."""
-        for key, lowest in (("input_centre", -math.inf), ("input_spread", 0.0)):
-            value = state.get(key)
-            if not (
-                isinstance(value, list) and all(isinstance(v, float) and lowest < v < math.inf for v in value)
-            ):
-                raise ValueError(f"the checkpoint's data state is damaged: {key} is {value!r}"[:200])
-        trained_dim = len(state["input_centre"])
-        if trained_dim != self.gaussians.dim or len(state["input_spread"]) != trained_dim:
+        centre, spread = state.get("input_centre"), state.get("input_spread")
+        trained_dim = len(centre) if isinstance(centre, list) else None
+        if trained_dim is not None and trained_dim != self.gaussians.dim:
             raise ValueError(
                 f"the checkpoint was trained on {trained_dim}-dimensional data, "
                 f"but data.dim is {self.gaussians.dim}"
             )
+        check_standardisation(centre, spread, self.gaussians.dim, ("input_centre", "input_spread"))
         size = state.get("trained_num_samples")
-        if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+        if not (isinstance(size, int) and not isinstance(size, bool) and 0 < size <= _LARGEST_TRAINING_SET):
             raise ValueError(f"the checkpoint's data state is damaged: trained_num_samples is {size!r}"[:200])
         self.input_centre, self.input_spread = list(state["input_centre"]), list(state["input_spread"])
         self.trained_num_samples = size

@@ -11,6 +11,25 @@ from torch import Tensor
 
 from binclf.data.batches import EpochBatchSampler, InMemoryBatches
 
+# What a checkpoint may say a feature's centre and spread are: far beyond any real data, and far enough
+# from 0 and overflow that standardising stays finite.
+_LARGEST_CENTRE, _SPREAD_RANGE = 1e12, (1e-12, 1e12)
+
+
+def check_standardisation(centre: Any, spread: Any, width: int, names: tuple[str, str]) -> None:
+    """Raise ``ValueError`` unless ``centre`` and ``spread``, read from a checkpoint's data state, are lists
+    of ``width`` floats: every centre finite and within ±1e12, every spread between 1e-12 and 1e12."""
+    for name, values, ok in [
+        (names[0], centre, lambda v: abs(v) <= _LARGEST_CENTRE),
+        (names[1], spread, lambda v: _SPREAD_RANGE[0] <= v <= _SPREAD_RANGE[1]),
+    ]:
+        if not (
+            isinstance(values, list)
+            and len(values) == width
+            and all(isinstance(v, float) and ok(v) for v in values)
+        ):
+            raise ValueError(f"the checkpoint's data state is damaged: {name} is {values!r}"[:200])
+
 
 class LabelledData(NamedTuple):
     """Features ``[n, dim]`` and float targets ``[n, 1]`` (0 for class 0, 1 for class 1)."""

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from binclf.data.in_memory import InMemoryDataModule, LabelledData
+from binclf.data.in_memory import InMemoryDataModule, LabelledData, check_standardisation
 
 log = logging.getLogger(__name__)  # the CLI shows binclf's INFO messages on the console
 
@@ -371,18 +371,17 @@ class TabularDataModule(InMemoryDataModule):
         """Take the label names and statistics a checkpoint was trained with. The state comes from a file
         that may be anyone's, so its shape is checked before anything uses it."""
         width = len(state.get("feature_columns") or [])
-        shapes = {
-            "label_names": (str, 2),
-            "feature_columns": (str, width),
-            "mean": (float, width),
-            "std": (float, width),
-        }
+        shapes = {"label_names": (str, 2), "feature_columns": (str, width)}
         for key, (kind, length) in shapes.items():
             value = state.get(key)
             if not (
                 isinstance(value, list) and len(value) == length and all(isinstance(v, kind) for v in value)
             ):
                 raise DataError(f"the checkpoint's data state is damaged: {key} is {value!r}")
+        try:
+            check_standardisation(state.get("mean"), state.get("std"), width, ("mean", "std"))
+        except ValueError as error:
+            raise DataError(str(error)) from None
         if state["feature_columns"] != self.feature_columns:
             raise DataError(
                 f"the checkpoint was trained on columns {state['feature_columns']}, "

@@ -97,10 +97,29 @@ class DiagnosticFigures(Callback):
         return {"steps": torch.stack(self._steps), "losses": torch.stack(self._losses).float().cpu()}
 
     def load_state_dict(self, state_dict: dict[str, Tensor]) -> None:
-        if state_dict:
-            self._steps, self._losses = list(state_dict["steps"]), list(state_dict["losses"])
+        """The training loss so far, from a checkpoint that may be anyone's: checked before it is drawn."""
+        if not state_dict:
+            return
+        steps, losses = state_dict.get("steps"), state_dict.get("losses")
+        ok = (
+            isinstance(steps, Tensor)
+            and isinstance(losses, Tensor)
+            and steps.ndim == losses.ndim == 1
+            and len(steps) == len(losses)
+            and not steps.is_floating_point()
+            and bool((steps >= 0).all())
+            and losses.is_floating_point()
+            and bool(torch.isfinite(losses).all())
+        )
+        if not ok:
+            raise ValueError(
+                "the checkpoint's DiagnosticFigures state is damaged: steps and losses do not match"
+            )
+        self._steps, self._losses = list(steps), list(losses)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.fast_dev_run:  # a smoke test, which saves nothing
+            return
         figures = {}
         if self._losses and trainer.is_global_zero:
             state = self.state_dict()
@@ -114,6 +133,8 @@ class DiagnosticFigures(Callback):
         self._save(trainer, figures, prefix="")
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.fast_dev_run:
+            return
         datamodule = trainer.datamodule
         if isinstance(datamodule, InMemoryDataModule):
             test = datamodule.test_set
