@@ -62,6 +62,61 @@ def _nan_weights(checkpoint: dict) -> None:
     checkpoint["state_dict"]["network.layers.0.weight"].fill_(float("nan"))
 
 
+def _model_checkpoint_state(checkpoint: dict) -> dict:
+    return next(
+        v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint{'monitor': 'val")
+    )
+
+
+def _set_buffers(scale: float, shift: float, calibration: str | None = None) -> Callable[[dict], None]:
+    def change(checkpoint: dict) -> None:
+        checkpoint["state_dict"]["logit_scale"].fill_(scale)
+        checkpoint["state_dict"]["logit_shift"].fill_(shift)
+        if calibration is not None:
+            checkpoint["hyper_parameters"]["calibration"] = calibration
+
+    return change
+
+
+def _overflowing_weights(checkpoint: dict) -> None:
+    """Finite weights whose logits overflow to infinity on every input."""
+    for name, tensor in checkpoint["state_dict"].items():
+        if name.startswith("network.") and name.endswith("weight"):
+            tensor.fill_(1e30)
+
+
+def _without_data_state(checkpoint: dict) -> None:
+    del checkpoint["TwoGaussianDataModule"]
+
+
+def _weights_only(fitted: Path, where: Path) -> str:
+    """What ``torch.save(model.state_dict(), ...)`` writes: weights, without Lightning's layout."""
+    torch.save(torch.load(fitted, weights_only=True)["state_dict"], where / "weights.pt")
+    return str(where / "weights.pt")
+
+
+def _saved_test_config(fitted: Path, where: Path) -> str:
+    """A config as ``binclf test`` saves it in its run: it holds ``verbose``, which only test takes."""
+    (where / "config.test-1.yaml").write_text("verbose: false\nckpt_path: null\n")
+    return str(where / "config.test-1.yaml")
+
+
+def _alias_bomb(fitted: Path, where: Path) -> str:
+    levels = "".join(f"l{i + 1}: &l{i + 1} [{', '.join([f'*l{i}'] * 10)}]\n" for i in range(6))
+    (where / "bomb.yaml").write_text(f"l0: &l0 [x]\n{levels}")
+    return str(where / "bomb.yaml")
+
+
+def _deep_config(fitted: Path, where: Path) -> str:
+    (where / "deep.yaml").write_text("data:\n  scale: " + "[" * 100 + "1" + "]" * 100 + "\n")
+    return str(where / "deep.yaml")
+
+
+def _huge_config(fitted: Path, where: Path) -> str:
+    (where / "huge.yaml").write_text("# " + "x" * 1_100_000 + "\n")
+    return str(where / "huge.yaml")
+
+
 def _config_of_an_earlier_run_without_logger(fitted: Path, where: Path) -> str:
     (where / "config.yaml").write_text("seed_everything: 0\n")
     return "--trainer.logger=false"
@@ -160,7 +215,7 @@ CASES = {
     "checkpoint whose loops state lacks the test loop": (
         "test",
         ["--ckpt_path", _changed_checkpoint(lambda c: c["loops"].pop("test_loop") and None)],
-        "its loops state lacks one of",
+        "loops lacks one of",
     ),
     "checkpoint of a diverged run": (
         "test",
@@ -171,6 +226,289 @@ CASES = {
         "test",
         ["--ckpt_path", _changed_checkpoint(lambda c: c["TwoGaussianDataModule"].update(input_spread=[0.0]))],
         "the checkpoint's data state is damaged: input_spread is [0.0]",
+    ),
+    # Every number a checkpoint holds is checked before anything uses it.
+    "checkpoint from a Lightning before 2.0": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(lambda c: c.update({"pytorch-lightning_version": "0.9.0"}))],
+        "pytorch-lightning_version is '0.9.0'",
+    ),
+    "checkpoint whose version key is no version": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(lambda c: c.update({"pytorch-lightning_version": "latest; rm"}))],
+        "pytorch-lightning_version is 'latest; rm'",
+    ),
+    "checkpoint at a negative epoch": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(lambda c: c.update(epoch=-1))],
+        "epoch is -1, not a count",
+    ),
+    "checkpoint whose step is a string": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(lambda c: c.update(global_step="12"))],
+        "global_step is '12', not a count",
+    ),
+    "checkpoint whose step is beyond any run": (
+        "fit",
+        ["--ckpt_path", _changed_checkpoint(lambda c: c.update(global_step=2**60))],
+        "global_step is 1152921504606846976",
+    ),
+    "checkpoint whose loop progress is a string": (
+        "fit",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(
+                lambda c: c["loops"]["fit_loop"]["epoch_progress"]["total"].update(ready="2")
+            ),
+        ],
+        "loops.fit_loop.epoch_progress.total.ready is '2', not a count",
+    ),
+    "checkpoint whose loop progress is negative": (
+        "fit",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(
+                lambda c: c["loops"]["fit_loop"]["epoch_progress"]["current"].update(ready=-3)
+            ),
+        ],
+        "loops.fit_loop.epoch_progress.current.ready is -3",
+    ),
+    "checkpoint naming a file outside its folder to delete": (
+        "fit",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(
+                lambda c: _model_checkpoint_state(c)["best_k_models"].update(
+                    {"/etc/hostname": torch.tensor(0.1)}
+                )
+            ),
+        ],
+        "best_k_models is '/etc/hostname', not a checkpoint in its own folder",
+    ),
+    "checkpoint whose last path climbs out of its folder": (
+        "fit",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(
+                lambda c: _model_checkpoint_state(c).update(
+                    last_model_path=_model_checkpoint_state(c)["dirpath"] + "/../../x.ckpt"
+                )
+            ),
+        ],
+        "last_model_path is",
+    ),
+    "checkpoint whose best path is a list": (
+        "test",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(lambda c: _model_checkpoint_state(c).update(best_model_path=[1])),
+        ],
+        "best_model_path is not a path",
+    ),
+    "checkpoint whose best score is NaN": (
+        "fit",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(
+                lambda c: _model_checkpoint_state(c).update(best_model_score=torch.tensor(float("nan")))
+            ),
+        ],
+        "has a score tensor(nan), not a number",
+    ),
+    "checkpoint whose optimizer state has a NaN learning rate": (
+        "fit",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(
+                lambda c: c["optimizer_states"][0]["param_groups"][0].update(lr=float("nan"))
+            ),
+        ],
+        "optimizer_states[0].param_groups[0].lr is NaN",
+    ),
+    "checkpoint whose scheduler states are not a list": (
+        "fit",
+        ["--ckpt_path", _changed_checkpoint(lambda c: c.update(lr_schedulers={"a": 1}))],
+        "lr_schedulers is not a list of states",
+    ),
+    "checkpoint whose hparams name is a number": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(lambda c: c.update(hparams_name=3))],
+        "hparams_name is not a name",
+    ),
+    "checkpoint whose calibration scale is negative": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(_set_buffers(-2.0, 0.0, "temperature"))],
+        "calibration is damaged: logit_scale -2.0",
+    ),
+    "checkpoint without calibration whose scale is not 1": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(_set_buffers(2.0, 0.0))],
+        "calibration is 'none', but logit_scale is 2.0",
+    ),
+    "checkpoint with temperature calibration and a shift": (
+        "predict",
+        ["--ckpt_path", _changed_checkpoint(_set_buffers(2.0, 0.5, "temperature"))],
+        "calibration is 'temperature', but logit_scale is 2.0 and logit_shift 0.5",
+    ),
+    "checkpoint whose calibration shift is infinite": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(_set_buffers(1.0, float("inf"), "affine"))],
+        "logit_shift inf",
+    ),
+    "checkpoint whose data spread is 1e20": (
+        "test",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(lambda c: c["TwoGaussianDataModule"].update(input_spread=[1e20])),
+        ],
+        "input_spread is [1e+20]",
+    ),
+    "checkpoint whose data centre is infinite": (
+        "predict",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(lambda c: c["TwoGaussianDataModule"].update(input_centre=[float("inf")])),
+        ],
+        "input_centre is [inf]",
+    ),
+    "checkpoint trained on more data than fits anywhere": (
+        "test",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(lambda c: c["TwoGaussianDataModule"].update(trained_num_samples=10**15)),
+        ],
+        "trained_num_samples is 1000000000000000",
+    ),
+    "checkpoint whose training size is a boolean": (
+        "test",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(lambda c: c["TwoGaussianDataModule"].update(trained_num_samples=True)),
+        ],
+        "trained_num_samples is True",
+    ),
+    "checkpoint without its data state": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(_without_data_state)],
+        "has no TwoGaussianDataModule state",
+    ),
+    "checkpoint whose loss curve holds NaN": (
+        "fit",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(
+                lambda c: c["callbacks"]["DiagnosticFigures"]["losses"].__setitem__(0, float("nan"))
+            ),
+        ],
+        "DiagnosticFigures state is damaged",
+    ),
+    "checkpoint whose loss curve and steps differ in length": (
+        "fit",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(
+                lambda c: c["callbacks"]["DiagnosticFigures"].update(
+                    steps=torch.tensor([1, 2, 3, 4, 5, 6, 7])
+                )
+            ),
+        ],
+        "DiagnosticFigures state is damaged",
+    ),
+    # No tidy answer from bad state.
+    "test of a model whose logits overflow": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(_overflowing_weights)],
+        "logit is not finite",
+    ),
+    "predict with a model whose logits overflow": (
+        "predict",
+        ["--ckpt_path", _changed_checkpoint(_overflowing_weights)],
+        "logit is not finite",
+    ),
+    "resume with another calibration": (
+        "fit",
+        ["--ckpt_path", None, "--model.calibration=temperature"],
+        "model.calibration: 'none' in the checkpoint, 'temperature' now",
+    ),
+    "resume with another learning rate": (
+        "fit",
+        ["--ckpt_path", None, "--model.optimizer.lr=0.5"],
+        "model.optimizer.init_args.lr: 0.1 in the checkpoint, 0.5 now",
+    ),
+    "resume with another network": (
+        "fit",
+        ["--ckpt_path", None, "--model.network.hidden_sizes=[8]"],
+        "model.network.init_args.hidden_sizes: [64, 64] in the checkpoint, [8] now",
+    ),
+    "resume with another optimizer": (
+        "fit",
+        ["--ckpt_path", None, "--model.optimizer=Adam"],
+        "model.optimizer: SGD in the checkpoint, Adam now",
+    ),
+    "calibration with validation switched off": (
+        "fit",
+        ["--model.calibration=temperature", "--trainer.limit_val_batches=0"],
+        "trainer.limit_val_batches is 0",
+    ),
+    # Commands that used to end in a traceback, or in a run that did nothing.
+    "weights-only file to resume from": (
+        "fit",
+        ["--ckpt_path", _weights_only],
+        "has no 'pytorch-lightning_version'",
+    ),
+    "a test config passed to fit": ("fit", ["-c", _saved_test_config], "does not accept option 'verbose'"),
+    "max_epochs of 0": ("fit", ["--trainer.max_epochs=0"], "trainer.max_epochs is 0"),
+    "max_steps of 0": ("fit", ["--trainer.max_steps=0"], "trainer.max_steps is 0"),
+    "empty predictions file name": (
+        "predict",
+        ["--ckpt_path", None, "--predictions.filename="],
+        "predictions.filename",
+    ),
+    "predictions file in a folder": (
+        "predict",
+        ["--ckpt_path", None, "--predictions.filename=missing/p.csv"],
+        "predictions.filename must be a file name",
+    ),
+    "a value of the wrong type, one line": (
+        "fit",
+        ["--data.num_samples=many"],
+        "data.num_samples: Expected a <class 'int'>",
+    ),
+    # Memory and config files, bounded before anything is allocated.
+    "training set larger than memory": (
+        "fit",
+        ["--data.num_samples=10000000000"],
+        "data.num_samples=10,000,000,000 with data.dim=1 would hold 160.0 GB of data",
+    ),
+    "predict grid larger than memory": (
+        "fit",
+        ["--data.num_predict_points=100000000000"],
+        "data.num_predict_points=100,000,000,000",
+    ),
+    "dimension that multiplies every split past memory": (
+        "fit",
+        ["--data.dim=10000000"],
+        "data.num_samples=1,000 with data.dim=10000000 would hold 80.0 GB of data",
+    ),
+    "network larger than memory": (
+        "fit",
+        ["--model.network.hidden_sizes=[100000, 100000]"],
+        "hidden_sizes=[100000, 100000] would hold 160.0 GB of network weights",
+    ),
+    "config whose aliases expand to a billion values": (
+        "fit",
+        ["-c", str(DEFAULT_CONFIG), "-c", _alias_bomb],
+        "bomb.yaml, line 6: expands to more than 100,000 values",
+    ),
+    "config nested 100 deep": (
+        "fit",
+        ["-c", str(DEFAULT_CONFIG), "-c", _deep_config],
+        "nested deeper than 50 levels",
+    ),
+    "config of more than a megabyte": (
+        "fit",
+        ["-c", str(DEFAULT_CONFIG), "-c", _huge_config],
+        "huge.yaml is 1,100,003 bytes, more than a config file may be",
     ),
     "unknown calibration": ("fit", ["--model.calibration=platt"], "calibration"),
     "resume on other data settings": ("fit", ["--ckpt_path", None, "--data.scale=0.5"], "data.scale: 0.2"),

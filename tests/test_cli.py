@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.profilers import SimpleProfiler
 
 from binclf.cli import run_cli
+from binclf.command import cli_main
 from binclf.networks import MLP
 from binclf.workarounds import NullProfiler
 
@@ -77,9 +78,12 @@ def test_optimizer_is_swapped_from_the_command_line_and_rebuilt_from_the_checkpo
     optimizer = fit.trainer.optimizers[0]
     assert type(optimizer) is torch.optim.Adam
     assert optimizer.defaults["lr"] == 0.003
-    # `test` reads the optimizer and network from the checkpoint's hyperparameters, whatever the config says.
+    # `test` builds the optimizer and network from the checkpoint's settings, whatever the config says, and
+    # its saved config records them.
     test = binclf("test")
-    assert test.model.hparams["optimizer"]["class_path"] == "torch.optim.Adam"
+    assert test.model.optimizer.func is torch.optim.Adam
+    assert test.model.optimizer.keywords["lr"] == 0.003
+    assert test.config["test"].model.optimizer.class_path == "torch.optim.Adam"
 
 
 def test_network_is_rebuilt_from_the_checkpoint_not_the_config(binclf):
@@ -153,9 +157,11 @@ def test_help_and_mistakes_see_every_subcommand(monkeypatch, capsys):
     listing = capsys.readouterr().out
     assert all(name in listing for name in ("fit", "validate", "test", "predict"))
     with pytest.raises(SystemExit):
-        run_cli(["fitt"])
+        cli_main(["fitt"])
     choices = "(choose from 'fit', 'validate', 'test', 'predict')"
-    assert f"invalid choice: 'fitt' {choices}" in capsys.readouterr().err
+    assert (
+        capsys.readouterr().err == f"binclf: error: argument subcommand: invalid choice: 'fitt' {choices}\n"
+    )
 
 
 @pytest.mark.parametrize("command", [["binclf"], [sys.executable, "-m", "binclf"]])
@@ -235,3 +241,9 @@ def test_a_bad_setting_ends_with_one_line_no_traceback_and_no_run(binclf_process
     debug = binclf_process("fit", "--data.scale=-1", env={"BINCLF_DEBUG": "1"})
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr
+
+
+def test_fast_dev_run_is_a_smoke_test_that_leaves_nothing_behind(binclf, tmp_path, capsys):
+    binclf("fit", "--trainer.fast_dev_run=true")
+    assert "fast_dev_run: nothing was saved" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []  # no figures in the working folder, no empty run folder

@@ -10,12 +10,14 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import DEFAULT_CONFIG, SMALL
 
+from binclf import cli
 from binclf.command import StopOnce, Terminated, cli_main
 from binclf.runs import best_checkpoint
 from binclf.safe_io import CheckpointError, SafeCheckpointIO, load_checkpoint
@@ -335,6 +337,39 @@ sys.addaudithook(hook)
 """
 
 
+# The same moment, but the signal is handled inside a destructor, where Python reports an exception and
+# carries on ("Exception ignored in ..."): the raise that should stop the command is swallowed, as it can be
+# by a garbage collection that runs while modules are imported.
+SIGTERM_SWALLOWED_WHILE_IMPORTING = """
+import os, signal, sys
+
+class SwallowsWhatItRaises:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(100_000))  # Python runs the handler here, inside the destructor
+
+def hook(event, args):
+    if event == "import" and args[0] == "lightning" and not hasattr(sys, "sigterm_sent"):
+        sys.sigterm_sent = True
+        SwallowsWhatItRaises()
+
+sys.addaudithook(hook)
+"""
+
+
+def test_a_sigterm_swallowed_while_importing_still_ends_the_command_with_143(tmp_path):
+    (tmp_path / "hooks").mkdir()
+    (tmp_path / "hooks" / "sitecustomize.py").write_text(SIGTERM_SWALLOWED_WHILE_IMPORTING)
+    command = [SCRIPT, "fit", "-c", str(DEFAULT_CONFIG), *SMALL, "--trainer.max_epochs=1"]
+    environment = {**FAULTS, "PYTHONPATH": str(tmp_path / "hooks")}
+    result = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False, env=environment
+    )
+    assert "Exception ignored" in result.stderr  # the swallowing happened: the test set up what it meant to
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == "binclf: stopped by SIGTERM"
+
+
 @pytest.mark.parametrize("moment", ["while importing", "after claiming the run folder"])
 def test_sigterm_during_start_up_exits_143_and_leaves_no_run_folder(tmp_path, moment):
     environment = dict(FAULTS)
@@ -421,3 +456,23 @@ def test_a_second_signal_cannot_cut_short_the_stopping_of_a_sweep():
         signal.signal(signal.SIGTERM, previous[1])
     with pytest.raises(KeyboardInterrupt):
         StopOnce()(signal.SIGINT, None)
+
+
+def test_a_write_that_fails_in_a_background_thread_is_one_line_not_a_traceback(monkeypatch, capsys):
+    """TensorBoard writes events from a thread of its own; on a full disk that thread dies. The command
+    then ends as for any failed write: one line and a non-zero status, even though its own code returned."""
+
+    def run_whose_event_writer_fails(args):
+        def write_events():
+            raise OSError(28, "No space left on device", "events.out.tfevents.1")
+
+        writer = threading.Thread(target=write_events, name="event writer")
+        writer.start()
+        writer.join()
+
+    monkeypatch.setattr(cli, "run_cli", run_whose_event_writer_fails)
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "binclf: error: [Errno 28] No space left on device: 'events.out.tfevents.1'\n"

@@ -6,17 +6,17 @@ checkpoint lookup in :mod:`binclf.runs`; checkpoint safety in :mod:`binclf.safe_
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
-import itertools
 import os
 import re
 import sys
+from argparse import ArgumentError
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
-import yaml
 from jsonargparse import Namespace, set_parsing_settings
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, Trainer
@@ -32,8 +32,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from binclf import __version__
-from binclf.command import EXIT_STATUS, Terminated
+from binclf.command import EXIT_STATUS, Terminated, check_config_files
 from binclf.data import InMemoryDataModule
+from binclf.from_checkpoint import (
+    ClassSettings,
+    build_model,
+    checked_model_settings,
+    classes_named_in,
+    differences,
+)
 from binclf.module import BinaryClassifier
 from binclf.monitoring import console
 from binclf.monitoring.console import say, warn
@@ -41,8 +48,8 @@ from binclf.monitoring.figures import DiagnosticFigures
 from binclf.monitoring.predictions import PredictionWriter
 from binclf.monitoring.tensorboard import LogAtTrainedStep, hparams_row, write_hparams_row
 from binclf.runs import RunFolder, changed_data_settings, find_checkpoint, log_root, run_dir
-from binclf.safe_io import SafeCheckpointIO, check_hyperparameters, load_checkpoint, trusted_classes
-from binclf.workarounds import NullProfiler, apply_checkpoint_hyperparameters
+from binclf.safe_io import CheckpointError, SafeCheckpointIO, load_checkpoint
+from binclf.workarounds import NullProfiler
 
 _EVALUATING = ("validate", "test", "predict")
 
@@ -62,6 +69,11 @@ class BinclfArgumentParser(LightningArgumentParser):
 
         return re.sub(r"known\s+subclasses:\s+([^)]*)\)", shorten, super().format_help())
 
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """A setting that does not parse ends the command with one line naming it, like any bad input
+        (:func:`binclf.command.error_message`), instead of the whole usage, which ``--help`` shows."""
+        raise ArgumentError(None, message) from ex
+
 
 class BinclfCLI(LightningCLI):
     """LightningCLI whose ``test``, ``validate`` and ``predict`` find the latest run's best checkpoint,
@@ -73,6 +85,7 @@ class BinclfCLI(LightningCLI):
         self._command_line = list(sys.argv[1:] if kwargs.get("args") is None else kwargs["args"])
         self.run_folder = RunFolder(None)  # worked out from the config once it is parsed
         self.checkpoint: tuple[Path, dict[str, Any]] | None = None  # --ckpt_path and its checked contents
+        self.model_settings: dict[str, Any] = {}  # the checkpoint's, checked (binclf.from_checkpoint)
         try:
             super().__init__(*args, **kwargs)  # LightningCLI parses, builds and runs, all in here
         except BaseException as error:
@@ -133,27 +146,40 @@ class BinclfCLI(LightningCLI):
         self.run_folder = RunFolder(log_root(config.trainer))
         if subcommand not in _EVALUATING and not config.get("ckpt_path"):
             return
-        # Found, read once and checked before anything the checkpoint names is imported; the model is then
-        # rebuilt from its settings, whatever the config says.
+        # Found, read once and checked as plain data. No parser sees the checkpoint's model settings, and
+        # nothing they name is imported: evaluation builds the model from them in Python
+        # (instantiate_classes); a resume must have the config's own.
         dirpath = config.checkpoint.get("dirpath")
         path = find_checkpoint(config.ckpt_path, self.run_folder.root, dirpath, data=config.data.as_dict())
         contents = load_checkpoint(path)
-        hyperparameters = contents.get("hyper_parameters", {})
-        settings = set(inspect.signature(self.model_class).parameters)
-        trusted = trusted_classes(config)
-        check_hyperparameters(hyperparameters, path, settings=settings, trusted_classes=trusted)
+        own_classes = classes_named_in(config.as_dict())
+        self.model_settings = checked_model_settings(
+            contents.get("hyper_parameters", {}), path, self.model_class, own_classes
+        )
         self.checkpoint = path, contents
         if subcommand == "fit":
-            self._check_resume(path, config)
+            self._check_resume(path, config, own_classes)
         elif (version := self.run_folder.version_of(path)) is not None:
             self.run_folder.resume(version)  # one fitted run, one TensorBoard run: its tests log into it
-        self.config = apply_checkpoint_hyperparameters(parser, self.config, hyperparameters)
-        self.config[subcommand].ckpt_path = None  # restored in before_instantiate_classes
+        # LightningCLI would read the checkpoint's hyperparameters into its parser (``_parse_ckpt_path``);
+        # without a ckpt_path it skips that. Restored in before_instantiate_classes.
+        self.config[subcommand].ckpt_path = None
 
-    def _check_resume(self, path: Path, config: Namespace) -> None:
+    def _check_resume(self, path: Path, config: Namespace, own_classes: dict[str, type]) -> None:
         """A run continues in its own folder only from its ``last.ckpt``: from any other of its checkpoints
         (``best``, an epoch file) it would rewind that run and overwrite its ``last.ckpt``, so it becomes a
-        new run. Training on other data than the checkpoint's is refused unless asked for."""
+        new run. Other model settings than the checkpoint's are refused; training on other data than the
+        checkpoint's is refused unless asked for."""
+        configured = {}
+        for key, value in config.model.as_dict().items():
+            with contextlib.suppress(CheckpointError):  # a setting the checkpoint could not hold either
+                configured |= checked_model_settings({key: value}, path, self.model_class, own_classes)
+        changed_model = differences(self.model_settings, configured)
+        if changed_model:
+            raise ValueError(
+                f"--ckpt_path {path} was trained with other model settings ({'; '.join(changed_model)}): "
+                "pass the settings it was trained with"
+            )
         version = self.run_folder.version_of(path)
         if version is not None and path.name == "last.ckpt":
             self.run_folder.resume(version)
@@ -177,10 +203,21 @@ class BinclfCLI(LightningCLI):
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         _check_trainer_settings(config.trainer)
+        calibration = config.model.get("calibration", "none")
+        if (
+            self.subcommand == "fit"
+            and calibration != "none"
+            and config.trainer.get("limit_val_batches") == 0
+        ):
+            raise ValueError(
+                f"model.calibration={calibration} is fitted on the validation split, but "
+                "trainer.limit_val_batches is 0: let validation run, or use model.calibration=none"
+            )
         # The run's saved config keeps the logger as given, without the version this run claims below, so
         # that ``-c lightning_logs/version_N/config.yaml`` repeats the run, or tests it, like any config.
         self._logger_as_given = copy.deepcopy(config.trainer.get("logger"))
-        self._point_logger_at_run_folder(config.trainer)
+        if not config.trainer.get("fast_dev_run"):  # which writes no logs: no folder to claim
+            self._point_logger_at_run_folder(config.trainer)
 
     def _point_logger_at_run_folder(self, trainer: Namespace) -> None:
         """Log into the resumed run's folder, or into a ``version_N`` claimed here for this run.
@@ -220,6 +257,24 @@ class BinclfCLI(LightningCLI):
         else:
             logger.init_args.version = self.run_folder.version
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        if self.checkpoint is None or self.subcommand == "fit":
+            return
+        # Evaluated as the checkpoint was trained: its model, built in Python from its checked settings,
+        # and from the config's for any setting it does not give. The run's saved config records them.
+        path, contents = self.checkpoint
+        names = inspect.signature(self.model_class).parameters
+        defaults = {name: getattr(self.model, name) for name in names if hasattr(self.model, name)}
+        self.model = build_model(
+            self.model_settings, contents["state_dict"], self.model_class, defaults, path
+        )
+        model_config = self.config[self.subcommand].model
+        for key, value in self.model_settings.items():
+            if isinstance(value, ClassSettings):
+                value = Namespace(class_path=value.name, init_args=Namespace(**value.arguments))
+            model_config[key] = value
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
         plugins = config.get("plugins") or []
@@ -256,9 +311,18 @@ class BinclfCLI(LightningCLI):
         config.trainer.logger = self._logger_as_given  # the trainer's logger is built; see above
         # Lightning restores a data module's state (a table's label names and statistics, say) from the
         # checkpoint only after ``setup`` has built the splits; restored here, nothing is built without it.
-        state = self.checkpoint[1].get(type(self.datamodule).__qualname__) if self.checkpoint else None
-        if state is not None:
-            self.datamodule.load_state_dict(state)
+        if self.checkpoint is None:
+            return
+        path, contents = self.checkpoint
+        key = type(self.datamodule).__qualname__
+        if key in contents:
+            self.datamodule.load_state_dict(contents[key])
+        elif self.datamodule.state_dict():
+            # Without it the network would see its inputs scaled as this config says, not as it was trained.
+            raise CheckpointError(
+                f"checkpoint {path} has no {key} state: it does not say what its network was trained on "
+                "(how its inputs were scaled, its label names)"
+            )
 
     def _stopped(self, error: BaseException) -> BaseException:
         """Tidy up after a command that failed or was stopped, and say what is left; returns what to raise.
@@ -309,15 +373,21 @@ class BinclfCLI(LightningCLI):
     def before_predict(self) -> None:
         say(f"Predicting with checkpoint {self.checkpoint[0]}")
 
+    def _say_run_directory(self) -> None:
+        if self.trainer.fast_dev_run:  # a smoke test: Lightning saves nothing, and neither does binclf
+            say("fast_dev_run: nothing was saved")
+        else:
+            say(f"Run directory: {run_dir(self.trainer)}")
+
     def after_fit(self) -> None:
         callback = self.trainer.checkpoint_callback
         if callback is not None and callback.best_model_path:
             score = callback.best_model_score
             say(f"Best checkpoint: {callback.best_model_path} ({callback.monitor}={float(score):.5g})")
-        say(f"Run directory: {run_dir(self.trainer)}")
+        self._say_run_directory()
 
     def after_validate(self) -> None:
-        say(f"Run directory: {run_dir(self.trainer)}")
+        self._say_run_directory()
 
     def after_test(self) -> None:
         model, datamodule = self.model, self.datamodule
@@ -326,16 +396,18 @@ class BinclfCLI(LightningCLI):
             scale, shift = model.logit_scale.item(), model.logit_shift.item()
             fitted = f"{scale:.4g} · logit" + (f" {shift:+.4g}" if model.calibration == "affine" else "")
             calibration = f"{model.calibration}, fitted on the validation split: {fitted}"
+            if (scale, shift) == (1.0, 0.0):  # what a calibration is before its first fit
+                calibration = f"{model.calibration}, never fitted: no validation ran before this checkpoint"
         oracle = isinstance(datamodule, InMemoryDataModule) and datamodule.has_oracle
         floor_missing = datamodule.llr_rmse_floor()[1] if oracle else ""
         say(console.test_summary(self.trainer.callback_metrics, calibration, floor_missing))
-        say(f"Run directory: {run_dir(self.trainer)}")
+        self._say_run_directory()
 
     def after_predict(self) -> None:
         for callback in self.trainer.callbacks:
             if isinstance(callback, PredictionWriter) and callback.path is not None:
                 say(f"Predictions: {callback.path}")
-        say(f"Run directory: {run_dir(self.trainer)}")
+        self._say_run_directory()
 
 
 def _check_trainer_settings(trainer: Namespace) -> None:
@@ -344,6 +416,9 @@ def _check_trainer_settings(trainer: Namespace) -> None:
     every = trainer.get("check_val_every_n_epoch")
     if every is not None and every < 1:
         raise ValueError(f"trainer.check_val_every_n_epoch must be at least 1 (or null), got {every}")
+    for key in ("max_epochs", "max_steps"):
+        if trainer.get(key) == 0:
+            raise ValueError(f"trainer.{key} is 0: there would be nothing to train")
     accelerator = trainer.get("accelerator")
     gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
     if accelerator in ("gpu", "cuda") and not gpu:
@@ -370,9 +445,9 @@ def run_cli(args: list[str] | None = None, *, run: bool = True) -> BinclfCLI:
     console.quiet_inapplicable_messages()
     console.show_binclf_messages()
     check_config_files(sys.argv[1:] if args is None else args)
-    # A second layer under check_hyperparameters, for every value parsed: jsonargparse keeps a class spec
-    # that stands where any value is accepted as data instead of building it, and refuses import paths on
-    # its denylist (os, subprocess, builtins.eval, ...) instead of only warning.
+    # For the user's own config files and arguments (checkpoints never reach the parser): jsonargparse
+    # keeps a class spec that stands where any value is accepted as data instead of building it, and refuses
+    # import paths on its denylist (os, subprocess, builtins.eval, ...) instead of only warning.
     set_parsing_settings(instantiate_subclass_spec_in_any=False, import_path_denylist=[])
     return BinclfCLI(
         BinaryClassifier,
@@ -387,20 +462,3 @@ def run_cli(args: list[str] | None = None, *, run: bool = True) -> BinclfCLI:
         args=args,
         run=run,
     )
-
-
-def check_config_files(args: list[str]) -> None:
-    """Name a config file that is not valid YAML, with its line, before LightningCLI would print its whole
-    usage and an error about a ``<unicode string>``."""
-    paths = [value for flag, value in itertools.pairwise(args) if flag in ("-c", "--config")]
-    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
-    for path in map(Path, paths):
-        if not path.is_file():
-            continue  # LightningCLI says so itself
-        try:
-            yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            raise ValueError(f"{path}{where}: not valid YAML ({problem})") from None

@@ -7,11 +7,18 @@ Lightning, which takes seconds.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
+import re
 import signal
 import sys
+import threading
+from argparse import ArgumentError
+from pathlib import Path
 from types import FrameType
+
+import yaml
 
 EXIT_STATUS = {"Ctrl-C": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
 BAD_INPUT, DIVERGED = 2, 1
@@ -24,7 +31,14 @@ class Terminated(SystemExit):
         super().__init__(EXIT_STATUS["SIGTERM"])
 
 
+_sigterm_received = False
+
+
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    # Remembered as well as raised: code that catches every exception (some imports do) could swallow the
+    # raise, and the command would then finish and exit 0 as if no SIGTERM had come.
+    global _sigterm_received
+    _sigterm_received = True
     raise Terminated
 
 
@@ -43,13 +57,18 @@ class StopOnce:
     signal (Ctrl-C pressed twice, two workers asking at once) cannot cut short the ending of the workers."""
 
     def __init__(self) -> None:
-        self.stopping = False
+        self.received: int | None = None  # the signal that stops the process, once one has come
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self.stopping:
+        if self.received is not None:
             return
-        self.stopping = True
+        self.received = signum
         raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    @property
+    def stopped_by(self) -> str | None:
+        """``"Ctrl-C"`` or ``"SIGTERM"`` once a signal has come (the keys of ``EXIT_STATUS``)."""
+        return None if self.received is None else "SIGTERM" if self.received == signal.SIGTERM else "Ctrl-C"
 
     def install(self) -> tuple[object, object]:
         """Handle both signals from now on; returns the previous SIGINT and SIGTERM handlers. A SIGINT that
@@ -60,9 +79,32 @@ class StopOnce:
         return interrupt, signal.signal(signal.SIGTERM, self)
 
 
+_STRUCTURE = ("Does not validate", "Subtypes:", "Errors:", "Given value", "Problem with given class_path")
+
+
+def parse_error_line(message: str) -> str:
+    """A parser's message as one line: the setting's whole key, then the first line that says what is
+    wrong with it. jsonargparse nests one message per class and per type a setting may take."""
+    keys, details = [], []
+    for raw in message.splitlines():
+        line = raw.strip().removeprefix("- ")
+        key = re.search(r'Parser key "([^"]+)":\s*(.*)$', line)
+        if key:
+            keys.append(key[1])
+            line = key[2]
+            details = []  # what is wrong is said under the innermost key
+        if line and not line.startswith(_STRUCTURE) and "NoneType" not in line:
+            details.append(line)
+    detail = details[0] if details else message.strip().splitlines()[0]
+    return f"{'.'.join(dict.fromkeys(keys))}: {detail}" if keys else detail
+
+
 def error_message(error: BaseException) -> str:
     """The line of ``error`` that names the problem."""
     from binclf.safe_io import CheckpointError
+
+    if isinstance(error, ArgumentError):
+        return parse_error_line(str(error))
 
     # jsonargparse wraps a constructor's own error in its own; the innermost one names the problem, unless
     # an error was raised on purpose in place of the one it handled (``raise ... from None``).
@@ -90,9 +132,24 @@ def cli_main(args: list[str] | None = None) -> None:
 
     from binclf.cli import run_cli
 
+    failed_writes: list[OSError] = []
+    default_hook = threading.excepthook
+
+    def background_write_failed(failure: threading.ExceptHookArgs) -> None:
+        # TensorBoard writes events from a thread of its own; on a full disk that thread dies with a
+        # traceback. The write failed: say so once, as the command's own error, not as a traceback.
+        if isinstance(failure.exc_value, OSError):
+            failed_writes.append(failure.exc_value)
+        else:
+            default_hook(failure)
+
+    threading.excepthook = background_write_failed
     try:
         run_cli(args)
+        if failed_writes:
+            raise failed_writes[0]
     except (
+        ArgumentError,
         ValueError,
         OSError,
         pickle.UnpicklingError,
@@ -106,6 +163,8 @@ def cli_main(args: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # before or after Lightning's own handling, which covers the run itself
         print("binclf: stopped by Ctrl-C", file=sys.stderr)
         sys.exit(EXIT_STATUS["Ctrl-C"])
+    finally:
+        threading.excepthook = default_hook
 
 
 def main() -> None:
@@ -117,7 +176,9 @@ def main() -> None:
         print(f"binclf {sys.argv[1]}: starting...", file=sys.stderr, flush=True)
     try:
         cli_main()
-        code = 0
+        code = EXIT_STATUS["SIGTERM"] if _sigterm_received else 0
+        if _sigterm_received:  # raised, and swallowed on the way up
+            print("binclf: stopped by SIGTERM", file=sys.stderr)
     except Terminated:  # before the CLI could handle it: while importing
         print("binclf: stopped by SIGTERM", file=sys.stderr)
         code = EXIT_STATUS["SIGTERM"]
@@ -138,3 +199,58 @@ def main() -> None:
     from binclf.workarounds import exit_without_teardown
 
     exit_without_teardown(code)
+
+
+# What a config file may be: far beyond any real config, and far below what would exhaust memory or the
+# parser's recursion when jsonargparse expands and copies it.
+CONFIG_LIMITS = {"bytes": 1_000_000, "values": 100_000, "depth": 50}
+
+
+def check_config_files(args: list[str]) -> None:
+    """Name a config file that is not valid YAML, with its line, before LightningCLI would print its whole
+    usage and an error about a ``<unicode string>``; and refuse one that is too large, nested too deep, or
+    whose aliases expand to too many values (:data:`CONFIG_LIMITS`)."""
+    paths = [value for flag, value in itertools.pairwise(args) if flag in ("-c", "--config")]
+    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    for path in map(Path, paths):
+        if not path.is_file():
+            continue  # LightningCLI says so itself
+        check_config_text(path.read_bytes(), path)
+
+
+def check_config_text(data: bytes, path: Path) -> None:
+    """:func:`check_config_files` for one file's bytes."""
+    if len(data) > CONFIG_LIMITS["bytes"]:
+        raise ValueError(
+            f"{path} is {len(data):,} bytes, more than a config file may be ({CONFIG_LIMITS['bytes']:,})"
+        )
+    try:
+        root = yaml.compose(data.decode("utf-8", errors="replace"), Loader=yaml.SafeLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{path}{where}: not valid YAML ({problem})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested deeper than {CONFIG_LIMITS['depth']} levels") from None
+    expanded: dict[int, int] = {}  # values under each node, aliases followed, counted once per node
+
+    def count(node: yaml.Node, depth: int) -> int:
+        line = node.start_mark.line + 1
+        if depth > CONFIG_LIMITS["depth"]:
+            raise ValueError(f"{path}, line {line}: nested deeper than {CONFIG_LIMITS['depth']} levels")
+        if id(node) not in expanded:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+            if isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            total = 1 + sum(count(child, depth + 1) for child in children)
+            if total > CONFIG_LIMITS["values"]:
+                raise ValueError(
+                    f"{path}, line {line}: expands to more than {CONFIG_LIMITS['values']:,} values "
+                    "(YAML aliases repeat what they point to)"
+                )
+            expanded[id(node)] = total
+        return expanded[id(node)]
+
+    if root is not None:
+        count(root, 0)

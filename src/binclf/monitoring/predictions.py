@@ -28,6 +28,10 @@ class PredictionWriter(Callback):
     def __init__(self, filename: str = "predictions.csv", threshold: float = 0.5) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+        if not filename or Path(filename).name != filename or filename in (".", ".."):
+            raise ValueError(
+                f"predictions.filename must be a file name, written into the run folder, got {filename!r}"
+            )
         self.filename = filename
         self.threshold = threshold
         self.path: Path | None = None
@@ -49,6 +53,9 @@ class PredictionWriter(Callback):
         self._batches.append(tuple(t.detach().cpu() for t in columns if t is not None))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.fast_dev_run:  # a smoke test, which saves nothing
+            self._batches = []
+            return
         index, logits, probabilities, *raw = (
             torch.cat(parts).numpy() for parts in zip(*self._batches, strict=True)
         )
