@@ -2,7 +2,8 @@
 two-node Ray cluster on this machine, and ``binclf-sweep --executor ray`` against it, three ways:
 
 1. ``agree``: a small grid through the cluster and through the local executor;
-2. ``resume``: the sweep stopped with SIGINT while runs are held at a known point, then run again;
+2. ``resume``: the sweep stopped with SIGINT while runs are held at a known point, then run again; and
+   ``term``: the same stopped with SIGTERM;
 3. ``lost node``: the second node's processes killed while they run a task, the sweep finishing anyway.
 
 Prints one JSON line with what the test checks: the results, the console output, and the process ids of
@@ -44,6 +45,9 @@ def hold(folder: Path, except_run: str | None = None) -> str:
 
 
 def rows(root: Path, name: str) -> list[dict[str, str]]:
+    """The sweep's results.csv, or no rows where it wrote none (which the tests then report)."""
+    if not (root / name / "results.csv").is_file():
+        return []
     with (root / name / "results.csv").open() as file:
         return list(csv.DictReader(file))
 
@@ -119,6 +123,23 @@ def main() -> None:
                 (root / "resume" / "runs" / n / "result.json").stat().st_mtime_ns == t
                 for n, t in mtimes.items()
             ),
+        }
+
+        # 2b. The same, stopped with SIGTERM, as a batch system stops a job.
+        held = root / "held-term"
+        held.mkdir()
+        command = sweep(root, "term", "--mode=solo", hold(held), address=address)
+        driver = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: any(held.glob("started@*")), driver)
+        driver.send_signal(signal.SIGTERM)
+        term_out, term_err = driver.communicate(timeout=300)
+        report["pids"] += [int(path.name.split("@")[2]) for path in held.glob("started@*")]
+        (held / "go").touch()
+        report["term"] = {
+            "returncode": driver.returncode,
+            "stdout": term_out[-2000:],
+            "stderr": term_err[-4000:],
+            "rows": rows(root, "term"),
         }
 
         # 3. The second node lost while it runs a task: its processes killed by their ids.

@@ -8,10 +8,12 @@ cannot be made, these tests are skipped and say why.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,16 @@ def test_a_stopped_sweep_resubmits_only_what_did_not_finish(cluster):
     assert [row["status"] for row in resume["rows"]] == ["ok"] * 4
 
 
+def test_sigterm_stops_a_sweep_on_ray_as_it_stops_a_local_one(cluster):
+    term = cluster["term"]
+    assert term["returncode"] == 143, term["stderr"]
+    assert "binclf-sweep: stopped by SIGTERM" in term["stdout"]
+    assert "Traceback" not in term["stderr"]
+    assert "*** SIG" not in term["stderr"]  # no crash dump from Ray's signal handlers
+    assert len(term["rows"]) == 4  # results.csv written, every run in it
+    assert {row["status"] for row in term["rows"]} <= {"ok", "missing"}
+
+
 def test_a_lost_node_costs_no_run(cluster):
     lost = cluster["lost"]
     assert lost["returncode"] == 0, lost["stderr"]
@@ -102,6 +114,47 @@ def test_an_unreachable_cluster_is_one_line(tmp_path):
         port = probe.getsockname()[1]
     message = _sweep(tmp_path, f"--ray_address=127.0.0.1:{port}")
     assert message.startswith(f"binclf-sweep: error: cannot reach the Ray cluster at 127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize(
+    "reply", [b"", b"HTTP/1.1 400 Bad Request\r\n\r\n"], ids=["silent", "another protocol"]
+)
+def test_an_address_where_something_else_listens_is_one_line(tmp_path, reply):
+    """A listener on loopback that is not Ray: it accepts the connection and then says nothing, or answers in
+    another protocol. Ray itself would wait on it for a minute or more; the sweep names it at once."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def answer() -> None:
+            connection, _ = server.accept()
+            with connection, contextlib.suppress(OSError):  # the sweep may reset the connection
+                connection.recv(64)
+                connection.sendall(reply)
+                connection.recv(64)  # hold the connection until the sweep gives up on it
+
+        listener = threading.Thread(target=answer, daemon=True)
+        listener.start()
+        message = _sweep(tmp_path, f"--ray_address=127.0.0.1:{port}")
+    assert message == (
+        f"binclf-sweep: error: something other than a Ray cluster answers at 127.0.0.1:{port}: give the head "
+        "node's address (`ray start --head` prints it)"
+    )
+    listener.join()
+
+
+def test_ray_that_cannot_start_here_is_one_line(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+
+    def cannot_start(**settings):  # as ray.init fails where its processes cannot start
+        raise RuntimeError("Failed to start the GCS server.\nLog files are in /tmp/ray/session_latest/logs")
+
+    monkeypatch.setattr(ray, "init", cannot_start)
+    message = _sweep(tmp_path)
+    assert (
+        message == "binclf-sweep: error: could not start Ray on this machine: Failed to start the GCS server."
+    )
 
 
 def test_without_ray_installed_the_sweep_says_how_to_install_it(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 import contextlib
 import csv
+import fcntl
 import json
 import os
 import select
@@ -9,11 +10,15 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import DEFAULT_CONFIG
 
 from binclf.data.gaussians import normal_cdf
+from binclf.study import report as report_module
+from binclf.study import sweep
 from binclf.study.report import efficiency_figure, report
 from binclf.study.sweep import finished, main, plan
 
@@ -106,6 +111,27 @@ BAD_SWEEPS = {
     "a budget that never ends": (['--grid={"data.scale": [0.5]}', "--steps=-1"], "steps must be at least 1"),
     "no epochs": (['--grid={"data.scale": [0.5]}', "--epochs=0"], "epochs must be at least 1"),
     "negative workers": (['--grid={"data.scale": [0.5]}', "--epochs=1", "--workers=-1"], "workers must be 0"),
+    "a grid key no fit accepts": (
+        [f"--base_config={DEFAULT_CONFIG}", '--grid={"data.sclae": [0.5]}', "--epochs=1"],
+        "binclf fit refuses the runs' arguments: data: Option 'sclae' is not accepted",
+    ),
+    "an argument no fit accepts": (
+        [
+            f"--base_config={DEFAULT_CONFIG}",
+            '--grid={"data.scale": [0.5]}',
+            "--epochs=1",
+            "--args=[--model.momentum=0.9]",
+        ],
+        "binclf fit refuses the runs' arguments: unrecognized arguments: --model.momentum=0.9",
+    ),
+    "a base config that is not there": (
+        ['--grid={"data.scale": [0.5]}', "--epochs=1", "--base_config=absent.yaml"],
+        "absent.yaml'",
+    ),
+    "more runs than max_runs": (
+        ['--grid={"data.scale": [0.1, 0.2, 0.3]}', "--seeds=[0, 1]", "--epochs=1", "--max_runs=5"],
+        "the grid and seeds make 6 runs, more than max_runs=5",
+    ),
     "plot axis not in the grid": (
         ['--grid={"data.scale": [0.5]}', "--epochs=1", "--plot.x=data.dim"],
         "plot.x is 'data.dim', which is not a grid key",
@@ -212,10 +238,62 @@ def test_a_finished_run_counts_as_done_only_for_the_arguments_it_ran_with(tmp_pa
         "default.yaml", {"data.scale": [0.5]}, [0], ["--model.optimizer.lr=0.1"], tmp_path, 3, None
     )
     assert run.directory == changed.directory
-    run.directory.mkdir(parents=True)
+    (run.directory / "checkpoints").mkdir(parents=True)
+    with zipfile.ZipFile(run.directory / "checkpoints" / "last.ckpt", "w") as archive:
+        archive.writestr("archive/data.pkl", b"weights" * 100)
     (run.directory / "result.json").write_text(json.dumps({"status": "ok", "args": run.args}))
     assert finished(run)
     assert not finished(changed)
+
+
+@pytest.mark.parametrize("damage", ["removed", "cut short", "a byte changed"])
+def test_a_run_whose_checkpoint_is_missing_or_damaged_is_not_finished(damage, tmp_path):
+    [run] = plan("default.yaml", {"data.scale": [0.5]}, [0], [], tmp_path, 3, None)
+    checkpoint = run.directory / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    with zipfile.ZipFile(checkpoint, "w") as archive:
+        archive.writestr("archive/data.pkl", b"weights" * 100)
+    (run.directory / "result.json").write_text(json.dumps({"status": "ok", "args": run.args}))
+    assert finished(run)
+    data = checkpoint.read_bytes()
+    if damage == "removed":
+        checkpoint.unlink()
+    elif damage == "cut short":
+        checkpoint.write_bytes(data[: len(data) // 2])
+    else:
+        start = data.index(b"weights")
+        checkpoint.write_bytes(data[:start] + b"W" + data[start + 1 :])
+    assert not finished(run)
+
+
+def test_a_second_sweep_in_the_same_folder_is_refused_while_the_first_holds_it(
+    tmp_path, monkeypatch, default_config
+):
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "lightning_logs" / "sweeps" / "locked"
+    sweep.mkdir(parents=True)
+    args = [f"--base_config={default_config}", '--grid={"data.scale": [0.5]}', "--epochs=1", "--name=locked"]
+    with (sweep / ".lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the first sweep's process holds it
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+    assert str(exit_.value.code) == (
+        "binclf-sweep: error: another binclf-sweep is running in lightning_logs/sweeps/locked "
+        "(it holds lightning_logs/sweeps/locked/.lock)"
+    )
+    assert not (sweep / "runs").exists()
+
+
+def test_a_sweep_config_whose_aliases_explode_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    levels = "".join(f"l{i + 1}: &l{i + 1} [{', '.join([f'*l{i}'] * 10)}]\n" for i in range(6))
+    (tmp_path / "sweep.yaml").write_text(f"l0: &l0 [x]\n{levels}")
+    with pytest.raises(SystemExit) as exit_:
+        main(["-c", "sweep.yaml"])
+    assert str(exit_.value.code) == (
+        "binclf-sweep: error: sweep.yaml, line 6: expands to more than 100,000 values "
+        "(YAML aliases repeat what they point to)"
+    )
 
 
 def test_the_report_tables_the_llr_error_and_efficiency_and_draws_what_has_a_floor(tmp_path):
@@ -292,3 +370,55 @@ def ended(pid: int) -> bool:
     finally:
         os.close(descriptor)
     return bool(readable)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+@pytest.mark.parametrize("moment", ["results.csv is written", "the report is drawn"])
+def test_a_signal_at_the_very_end_still_stops_the_sweep_with_its_status(
+    stop, moment, tmp_path, monkeypatch, capsys
+):
+    """Every run is finished already, so the sweep goes straight to its last steps, and the signal comes
+    from inside one of them: the sweep still ends with 130 or 143, and results.csv is whole."""
+    monkeypatch.chdir(tmp_path)
+    args = ['--grid={"data.scale": [0.5, 1.0]}', "--epochs=1", "--name=ending", "--workers=1"]
+    for run in plan(
+        "configs/default.yaml",
+        {"data.scale": [0.5, 1.0]},
+        [0],
+        [],
+        Path("lightning_logs/sweeps/ending"),
+        1,
+        None,
+    ):
+        (run.directory / "checkpoints").mkdir(parents=True)
+        with zipfile.ZipFile(run.directory / "checkpoints" / "last.ckpt", "w") as archive:
+            archive.writestr("archive/data.pkl", b"weights")
+        result = {"run": run.name, "seed": 0, "status": "ok", "error": "", "args": run.args, "data.scale": 1}
+        (run.directory / "result.json").write_text(json.dumps(result))
+    signalled = []
+
+    def signal_once() -> None:
+        if not signalled:
+            signalled.append(stop)
+            os.kill(os.getpid(), stop)
+
+    if moment == "results.csv is written":
+        real = sweep.write_results
+
+        def write_results(*a, **k):
+            signal_once()
+            return real(*a, **k)
+
+        monkeypatch.setattr(sweep, "write_results", write_results)
+    else:
+        monkeypatch.setattr(report_module, "report", lambda *a, **k: signal_once())
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(args)
+    assert signalled == [stop]
+    assert exit_.value.code == (130 if stop == signal.SIGINT else 143)
+    name = "Ctrl-C" if stop == signal.SIGINT else "SIGTERM"
+    assert f"binclf-sweep: stopped by {name}" in capsys.readouterr().out
+    assert {
+        row["status"]
+        for row in read_rows(tmp_path / "lightning_logs" / "sweeps" / "ending" / "results.csv").values()
+    } == {"ok"}

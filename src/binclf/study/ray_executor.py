@@ -12,6 +12,7 @@ Ray is an optional extra (``pip install 'binclf[ray]'``); nothing here imports i
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import uuid
@@ -28,18 +29,33 @@ def _import_ray() -> Any:
     return ray
 
 
+# What an HTTP/2 client sends first; a gRPC server, as Ray's head is, answers with a SETTINGS frame.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_SETTINGS_FRAME = 4
+
+
 def _check_reachable(address: str, timeout: float = 3.0) -> None:
-    """A ``host:port`` that does not answer is named within seconds, not after Ray's own long wait."""
+    """A ``host:port`` where nothing answers, or where something other than a Ray head does (it does not
+    speak gRPC), is named within seconds, not after Ray's own long wait."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"--ray_address must be host:port, or auto; got {address!r}")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        with socket.create_connection((host, int(port)), timeout=timeout) as connection:
+            connection.sendall(_HTTP2_PREFACE)
+            reply = connection.recv(9)
+    except TimeoutError:
+        reply = b""
     except OSError as error:
         raise ValueError(
             f"cannot reach the Ray cluster at {address} ({error.strerror or error}): start it with "
             "`ray start --head`, or give the head node's address"
         ) from None
+    if len(reply) < 9 or reply[3] != _SETTINGS_FRAME:
+        raise ValueError(
+            f"something other than a Ray cluster answers at {address}: give the head node's address "
+            "(`ray start --head` prints it)"
+        )
 
 
 def _in_task(task: list[Any], threads: int) -> list[dict[str, Any]]:
@@ -115,10 +131,19 @@ def run_on_ray(
     ray = _import_ray()
     if address not in (None, "auto"):
         _check_reachable(address)
+    stop = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address, log_to_driver=False, include_dashboard=False if address is None else None)
     except ConnectionError as error:
         raise ValueError(f"cannot connect to the Ray cluster at {address}: {error}") from None
+    except Exception as error:  # Ray could not start its processes here: no room, no permission, ...
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        where = f"connect to the Ray cluster at {address}" if address else "start Ray on this machine"
+        raise ValueError(f"could not {where}: {reason}") from None
+    finally:
+        # ray.init makes SIGTERM exit the driver at once (sys.exit(15)); the sweep's own handler stops it as a
+        # local sweep stops: tasks cancelled, results.csv written, exit status 143.
+        signal.signal(signal.SIGTERM, stop)
     try:
         check_shared_storage(ray, runs[0].directory.parent.parent)
         if not workers:

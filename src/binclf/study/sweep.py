@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import itertools
 import json
 import multiprocessing
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import traceback
+import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -34,7 +37,7 @@ from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from binclf.command import EXIT_STATUS, StopOnce, Terminated
+from binclf.command import EXIT_STATUS, StopOnce, check_config_files
 
 _RESULT = "result.json"
 _FIRST_COLUMNS = ["run", "seed", "status"]
@@ -144,9 +147,48 @@ def read_result(run: Run) -> dict[str, Any] | None:
 
 
 def finished(run: Run) -> bool:
-    """Whether the run succeeded with exactly these arguments (a changed config or budget reruns it)."""
+    """Whether the run succeeded with exactly these arguments (a changed config or budget reruns it), and
+    its checkpoints are still there and whole: a result without them cannot be tested again."""
     recorded = read_result(run)
-    return recorded is not None and recorded.get("status") == "ok" and recorded.get("args") == run.args
+    if recorded is None or recorded.get("status") != "ok" or recorded.get("args") != run.args:
+        return False
+    checkpoints = list((run.directory / "checkpoints").glob("*.ckpt"))
+    return bool(checkpoints) and all(_whole(path) for path in checkpoints)
+
+
+def _whole(checkpoint: Path) -> bool:
+    """Whether a checkpoint file is a whole archive: torch saves a zip, whose every member has a checksum."""
+    try:
+        with zipfile.ZipFile(checkpoint) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return False
+
+
+def check_arguments(run: Run) -> None:
+    """Parse one run's ``binclf fit`` arguments as ``binclf`` would, in a process of its own (the sweep
+    never loads Lightning): a grid key or an argument that no ``fit`` accepts is refused before any run."""
+    command = [sys.executable, "-m", "binclf", *run.args, "--print_config"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        raise ValueError(
+            f"binclf fit refuses the runs' arguments: {lines[-1].removeprefix('binclf: error: ')}"
+        )
+
+
+@contextlib.contextmanager
+def sweep_lock(sweep_dir: Path) -> Iterator[None]:
+    """Hold ``<sweep>/.lock`` for the sweep's life: a second sweep in the same folder is refused. The
+    operating system releases the lock when the process ends, however it ends."""
+    with (sweep_dir / ".lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"another binclf-sweep is running in {sweep_dir} (it holds {sweep_dir / '.lock'})"
+            ) from None
+        yield
 
 
 @contextlib.contextmanager
@@ -260,42 +302,62 @@ def execute_stack(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def _train_and_test_stack(runs: list[Run]) -> list[dict[str, Any]] | None:
-    """Each run's status, error, test metrics and training histogram, or ``None`` if the runs cannot stack."""
+    """Each run's status, error, test metrics and training histogram, or ``None`` if the runs cannot stack.
+
+    A run whose settings or data are bad fails alone, with the message its solo run would give; the others
+    are built, trained and tested as if it were not there.
+    """
     from binclf.cli import run_cli
+    from binclf.command import error_message
     from binclf.study.stacked import finish_member, member_of, stackable, train_stack
 
-    cli = run_cli(run_args(runs[0]), run=False)
-    reason = stackable(cli)
-    members = (
-        [] if reason else [member_of(cli, run_args(run), run.name, str(run.directory.parent)) for run in runs]
-    )
-    if reason is None and len({tuple(p.shape for p in m.model.network.parameters()) for m in members}) > 1:
-        reason = "their networks differ in shape"
-    if reason is not None:
-        print(f"these runs train solo: {reason}")
+    template, members, outcomes = None, {}, {}
+    for run in runs:
+        try:
+            if template is None:  # the first run that builds: the stack's settings, and its parser
+                template = run_cli(run_args(run), run=False)
+                reason = stackable(template)
+                if reason is not None:
+                    print(f"these runs train solo: {reason}")
+                    return None
+            member = member_of(template, run_args(run), run.name, str(run.directory.parent))
+            member.datamodule.setup("fit")
+            members[run.name] = member
+        except Exception as error:  # as ``execute`` records a solo run that fails
+            traceback.print_exc()
+            outcomes[run.name] = {"status": "failed", "error": error_message(error)}
+    if members and len({tuple(p.shape for p in m.model.network.parameters()) for m in members.values()}) > 1:
+        print("these runs train solo: their networks differ in shape")
         return None
-    trainer = cli.trainer  # the solo run's trainer, as built: its settings, Lightning's defaults filled in
-    steps, batch_size = trainer.max_steps, members[0].datamodule.batch_size
-    accelerator = cli.config.trainer.accelerator  # as the solo runs would use
-    train_stack(
-        members,
-        steps=steps,
-        val_every=trainer.val_check_interval,
-        log_every=trainer.log_every_n_steps,
-        batch_size=batch_size,
-        accelerator=accelerator,
-    )
-    outcomes = []
-    for member in members:
-        if member.failure is not None:
-            outcomes.append({"status": "failed", "error": member.failure})
-            continue
-        metrics = finish_member(member, Path(member.logger.log_dir), accelerator)
-        histogram = training_histogram(member.datamodule)
-        outcomes.append(
-            {"status": "ok", "error": "", **dict(sorted(metrics.items())), "histogram": histogram}
+    if members:
+        trainer = template.trainer  # the solo run's trainer, as built: its settings, Lightning's defaults
+        accelerator = template.config.trainer.accelerator  # as the solo runs would use
+        train_stack(
+            list(members.values()),
+            steps=trainer.max_steps,
+            val_every=trainer.val_check_interval,
+            log_every=trainer.log_every_n_steps,
+            batch_size=next(iter(members.values())).datamodule.batch_size,
+            accelerator=accelerator,
         )
-    return outcomes
+    for name, member in members.items():
+        if member.failure is not None:
+            outcomes[name] = {"status": "failed", "error": member.failure}
+            continue
+        try:
+            metrics = finish_member(member, Path(member.logger.log_dir), accelerator)
+        except Exception as error:
+            traceback.print_exc()
+            outcomes[name] = {"status": "failed", "error": error_message(error)}
+            continue
+        histogram = training_histogram(member.datamodule)
+        outcomes[name] = {
+            "status": "ok",
+            "error": "",
+            **dict(sorted(metrics.items())),
+            "histogram": histogram,
+        }
+    return [outcomes[run.name] for run in runs]
 
 
 def run_args(run: Run) -> list[str]:
@@ -560,6 +622,12 @@ def parser() -> ArgumentParser:
         "--ray_retries", type=int, default=3, help="tries again for a task lost with its node"
     )
     parser.add_argument(
+        "--max_runs",
+        type=int,
+        default=10_000,
+        help="refuse a grid that makes more runs than this: a typo in a grid can otherwise ask for years",
+    )
+    parser.add_argument(
         "--plot.x", type=str | None, default=None, help="grid key on the x axis (default: first)"
     )
     parser.add_argument(
@@ -571,6 +639,10 @@ def parser() -> ArgumentParser:
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``binclf-sweep``. Ctrl-C or SIGTERM stops the workers, keeps every finished run and
     writes ``results.csv``; the same command then carries on."""
+    try:
+        check_config_files(sys.argv[1:] if args is None else args)
+    except ValueError as error:
+        sys.exit(f"binclf-sweep: error: {error}")
     config = parser().parse_args(args)
     sweep_dir = Path(config.root) / config.name
     try:
@@ -579,14 +651,30 @@ def main(args: list[str] | None = None) -> None:
         runs = plan(
             config.base_config, config.grid, config.seeds, config.args, sweep_dir, config.epochs, config.steps
         )
+        if len(runs) > config.max_runs:
+            raise ValueError(
+                f"the grid and seeds make {len(runs):,} runs, more than max_runs={config.max_runs:,}: "
+                "give fewer values, or raise --max_runs if you mean it"
+            )
         x_key = config.plot.x or next(iter(config.grid))
         line_key = config.plot.lines or (list(config.grid)[1] if len(config.grid) > 1 else None)
         for name, key in [("plot.x", x_key), ("plot.lines", line_key)]:
             if key is not None and key not in config.grid:
                 raise ValueError(f"{name} is {key!r}, which is not a grid key ({', '.join(config.grid)})")
+        if not all(finished(run) for run in runs):
+            check_arguments(runs[0])  # every run has the same keys; values are each run's own to refuse
     except ValueError as error:
         sys.exit(f"binclf-sweep: error: {error}")
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with sweep_lock(sweep_dir):
+            _sweep(config, runs, sweep_dir, x_key, line_key)
+    except ValueError as error:
+        sys.exit(f"binclf-sweep: error: {error}")
+
+
+def _sweep(config: Any, runs: list[Run], sweep_dir: Path, x_key: str, line_key: str | None) -> None:
+    """The sweep itself, once its settings are checked and its folder is locked."""
     # One stack per core; on a GPU one stack with every member, which keeps the device busier than a few. On
     # Ray, unset workers mean as many stacks as the cluster fits tasks.
     ray = None
@@ -597,7 +685,8 @@ def main(args: list[str] | None = None) -> None:
     else:
         workers = config.workers or (1 if _on_gpu(config.base_config, config.args) else os.cpu_count() or 1)
     start = time.perf_counter()
-    previous_handlers = StopOnce().install()
+    stopper = StopOnce()
+    previous_handlers = stopper.install()
     try:
         results = run_sweep(runs, workers, config.mode, ray)
         rows = write_results(runs, sweep_dir / "results.csv", results)
@@ -606,9 +695,12 @@ def main(args: list[str] | None = None) -> None:
         report(rows, sweep_dir, x_key, line_key)
     except ValueError as error:  # the Ray cluster: not installed, not reachable, no shared storage
         sys.exit(f"binclf-sweep: error: {error}")
-    except (KeyboardInterrupt, Terminated) as stop:
+    except (KeyboardInterrupt, SystemExit):
+        # Stopped by a signal; Ray hands the exception that our handler raised back as a SystemExit(1).
+        if stopper.stopped_by is None:
+            raise
         write_results(runs, sweep_dir / "results.csv", {})
-        name = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+        name = stopper.stopped_by
         print(f"binclf-sweep: stopped by {name}; finished runs are kept: run the same command to go on")
         sys.exit(EXIT_STATUS[name])
     finally:
