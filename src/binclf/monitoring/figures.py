@@ -81,20 +81,22 @@ class DiagnosticFigures(Callback):
         self.calibration_bins = calibration_bins
         self.grid_points = grid_points
         # The loss of every training step, kept in checkpoints so that a resumed run draws its whole curve.
-        self._steps: list[Tensor] = []
-        self._losses: list[Tensor] = []
+        # Plain numbers, not tensors: a small tensor kept from every step pins the memory freed around it, and
+        # the process grows by about a batch of activations a step.
+        self._steps: list[int] = []
+        self._losses: list[float] = []
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self._steps.append(torch.tensor(trainer.global_step))
-        self._losses.append(loss.detach())
+        self._steps.append(trainer.global_step)
+        self._losses.append(loss.item())  # no extra wait on a GPU: the training step has read the loss
 
     def state_dict(self) -> dict[str, Tensor]:
         if not self._losses:
             return {}
-        return {"steps": torch.stack(self._steps), "losses": torch.stack(self._losses).float().cpu()}
+        return {"steps": torch.tensor(self._steps), "losses": torch.tensor(self._losses)}
 
     def load_state_dict(self, state_dict: dict[str, Tensor]) -> None:
         """The training loss so far, from a checkpoint that may be anyone's: checked before it is drawn."""
@@ -115,7 +117,7 @@ class DiagnosticFigures(Callback):
             raise ValueError(
                 "the checkpoint's DiagnosticFigures state is damaged: steps and losses do not match"
             )
-        self._steps, self._losses = list(steps), list(losses)
+        self._steps, self._losses = steps.tolist(), losses.tolist()
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.fast_dev_run:  # a smoke test, which saves nothing

@@ -195,7 +195,7 @@ class StackedClassifier(LightningModule):
         self.members = members
         self.network = StackedNetwork([member.model.network for member in members])
         self.val_every, self.log_every, self.batch_size, self.steps = val_every, log_every, batch_size, steps
-        self.train_losses: list[tuple[int, Tensor]] = []
+        self.train_losses: list[tuple[int, list[float]]] = []  # numbers: kept tensors would pin freed memory
 
     def forward(self, x: Tensor) -> Tensor:
         return self.network(x)
@@ -219,7 +219,7 @@ class StackedClassifier(LightningModule):
                         "training diverged; lower the learning rate (--model.optimizer.lr)"
                     )
         if (self.global_step + 1) % self.log_every == 0:
-            self.train_losses.append((self.global_step, losses.detach().clone()))
+            self.train_losses.append((self.global_step, losses.detach().tolist()))
         # The sum, not the mean: each member's gradient is its own loss's, as in its solo run. A member that
         # diverged contributes nothing more (its own weights are lost already).
         return torch.where(finite, losses, torch.zeros_like(losses)).sum()
@@ -287,7 +287,7 @@ def train_stack(
     trainer.fit(module)
     for step, losses in module.train_losses:
         for k, member in enumerate(members):
-            member.logger.log_metrics({"train/loss": losses[k].item()}, step)
+            member.logger.log_metrics({"train/loss": losses[k]}, step)
     return module
 
 
