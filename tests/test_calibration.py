@@ -118,3 +118,28 @@ def test_a_stack_refuses_a_calibration(tmp_path, monkeypatch):
     assert stackable(plain) is None
     calibrated = run_cli(["-c", str(DEFAULT_CONFIG), *budget, "--model.calibration=temperature"], run=False)
     assert "calibration" in stackable(calibrated)
+
+
+def test_the_stored_calibration_is_a_fit_on_the_validation_splits_logits(binclf, tmp_path):
+    """Not on the training batches', nor on any other split's: refitted on the validation logits of the
+    checkpoint's own weights, the scale and shift come out the same."""
+    fit = binclf("fit", "--model.calibration=affine")
+    checkpoint = torch.load(
+        tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True
+    )
+    state = checkpoint["state_dict"]
+    network = fit.model.network
+    network.load_state_dict(
+        {name[len("network.") :]: t for name, t in state.items() if name.startswith("network.")}
+    )
+    validation = fit.datamodule.val_set
+    with torch.no_grad():
+        logits = network(fit.datamodule.transform(validation.features))
+    scale, shift = fit_calibration(logits, validation.targets, "affine")
+    assert state["logit_scale"].item() == pytest.approx(scale, rel=1e-5)
+    assert state["logit_shift"].item() == pytest.approx(shift, rel=1e-5, abs=1e-6)
+    # The same refit on the training split's logits gives other numbers: the check above can tell them apart.
+    with torch.no_grad():
+        train_logits = network(fit.datamodule.transform(fit.datamodule.train_set.features))
+    train_scale, _ = fit_calibration(train_logits, fit.datamodule.train_set.targets, "affine")
+    assert train_scale != pytest.approx(scale, rel=1e-5)

@@ -5,6 +5,7 @@ import csv
 import fcntl
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -148,6 +149,15 @@ def test_bad_sweep_settings_get_one_line_before_anything_runs(case, tmp_path, mo
     assert str(exit_.value.code).startswith("binclf-sweep: error: ")
     assert named in str(exit_.value.code)
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_two_cells_that_would_share_a_run_folder_are_refused(tmp_path):
+    """Names join each key's last part and value with commas, so values that hold commas can make two
+    cells read alike; they would overwrite each other's runs."""
+    grid = {"data.lr": ["0.1,lr=0.2", "0.1"], "model.lr": ["0.3", "0.2,lr=0.3"]}
+    folder = re.escape("lr=0.1,lr=0.2,lr=0.3,seed=0")
+    with pytest.raises(ValueError, match=f"two grid cells would share the run folder {folder}"):
+        plan("default.yaml", grid, [0], [], tmp_path, 1, None)
 
 
 def test_values_that_print_alike_get_run_folders_of_their_own(tmp_path):
