@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Re-install only when the packaging files change.
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test lint bench figures sweep tensorboard clean
+.PHONY: install train test test-fast lint bench figures sweep tensorboard clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+# While developing: the same lint and every test but those marked slow. `make test` (and CI) runs them all.
+test-fast: lint
+	$(BIN)/pytest -m "not slow"
 
 # Speed and memory against the bare PyTorch loop, printed as tables; each script says what it measures.
 bench: install

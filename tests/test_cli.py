@@ -23,6 +23,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
+@pytest.mark.slow
 def test_fit_then_test_and_predict_use_the_best_checkpoint(binclf, tmp_path, capsys):
     fit = binclf("fit")
     run = tmp_path / "lightning_logs" / "version_0"
@@ -62,6 +63,7 @@ def test_fit_then_test_and_predict_use_the_best_checkpoint(binclf, tmp_path, cap
     assert boundary == pytest.approx(1.5, abs=0.15)  # the Bayes boundary lies halfway between the means
 
 
+@pytest.mark.slow
 def test_ckpt_path_last_takes_the_latest_fit_and_skips_evaluation_runs(binclf, tmp_path, capsys):
     binclf("fit")
     shutil.copy(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", tmp_path / "elsewhere.ckpt")
@@ -110,6 +112,7 @@ def test_same_seed_gives_identical_runs(binclf, tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+@pytest.mark.slow
 def test_a_runs_saved_config_tests_that_run_and_repeats_it(binclf, tmp_path):
     """``lightning_logs/version_0/config.yaml`` is a config like any other: it names no run folder."""
     first = binclf("fit", "--model.calibration=temperature")
@@ -164,6 +167,7 @@ def test_help_and_mistakes_see_every_subcommand(monkeypatch, capsys):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["binclf"], [sys.executable, "-m", "binclf"]])
 def test_console_script_and_module_are_the_same_command(command):
     bin_dir = Path(sys.executable).parent
@@ -182,6 +186,7 @@ def test_fit_and_test_on_gpu(binclf):
     assert test.trainer.callback_metrics["test/acc"] > 0.95
 
 
+@pytest.mark.slow
 def test_default_config_reaches_the_articles_accuracy(binclf):
     """The article's settings, unshrunk: 70 epochs on 20,000 samples. The Bayes limit is 99.38 %."""
     binclf("fit", "--trainer.enable_progress_bar=false", small=False)
@@ -230,6 +235,7 @@ def test_dimension_follows_the_data_through_one_setting(binclf, tmp_path):
     assert list(rows[0])[:4] == ["index", "x0", "x1", "x2"]
 
 
+@pytest.mark.slow
 def test_a_bad_setting_ends_with_one_line_no_traceback_and_no_run(binclf_process, tmp_path):
     result = binclf_process("fit", "--data.scale=-1")
     assert result.returncode == 2

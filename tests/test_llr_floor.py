@@ -80,6 +80,7 @@ def test_the_floor_shrinks_as_one_over_the_root_of_the_training_size():
     assert small / large == pytest.approx(10.0, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_a_test_run_logs_the_floor_of_its_training_size_and_its_efficiency(binclf, capsys):
     binclf("fit", "--data.num_samples=10000")
     capsys.readouterr()

@@ -23,6 +23,8 @@ from binclf.study.sweep import main
 
 DRIVER = Path(__file__).with_name("ray_cluster.py")
 
+pytestmark = pytest.mark.slow  # a Ray cluster and sweeps that submit to it
+
 
 def _namespace_can_be_made() -> bool:
     try:

@@ -151,6 +151,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.T
     return _network_weights(root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signal_name", "status", "message"),
     [
@@ -195,6 +196,7 @@ def test_a_stopped_run_resumes_in_its_folder_to_bit_identical_weights(
     assert len({event.step for event in events.Scalars("val/acc")}) == EPOCHS  # every epoch's validation
 
 
+@pytest.mark.slow
 def test_runs_started_together_get_folders_of_their_own(tmp_path):
     command = [SCRIPT, "fit", "-c", str(DEFAULT_CONFIG), *SMALL]
     processes = [
@@ -215,6 +217,7 @@ def test_runs_started_together_get_folders_of_their_own(tmp_path):
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 
+@pytest.mark.slow
 def test_ddp_ranks_share_each_epoch_and_sync_their_metrics(binclf_process, tmp_path, monkeypatch):
     """Two ranks over gloo, through the real console script: the process boundary is the point."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -357,6 +360,7 @@ sys.addaudithook(hook)
 """
 
 
+@pytest.mark.slow
 def test_a_sigterm_swallowed_while_importing_still_ends_the_command_with_143(tmp_path):
     (tmp_path / "hooks").mkdir()
     (tmp_path / "hooks" / "sitecustomize.py").write_text(SIGTERM_SWALLOWED_WHILE_IMPORTING)
@@ -370,6 +374,7 @@ def test_a_sigterm_swallowed_while_importing_still_ends_the_command_with_143(tmp
     assert result.stderr.strip().splitlines()[-1] == "binclf: stopped by SIGTERM"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["while importing", "after claiming the run folder"])
 def test_sigterm_during_start_up_exits_143_and_leaves_no_run_folder(tmp_path, moment):
     environment = dict(FAULTS)
@@ -390,6 +395,7 @@ def test_sigterm_during_start_up_exits_143_and_leaves_no_run_folder(tmp_path, mo
     assert not (tmp_path / "lightning_logs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("largest_file", "named"),
     [(1_000, "while writing the run lightning_logs/version_0"), (20_000, "could not write checkpoint")],
@@ -421,6 +427,7 @@ def test_a_full_disk_ends_in_one_line_and_no_run_folder(tmp_path, largest_file, 
     assert not list(tmp_path.glob("lightning_logs/version_*"))
 
 
+@pytest.mark.slow
 def test_val_acc_best_is_the_running_maximum_and_carries_over_a_resume(binclf, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -373,6 +373,7 @@ def test_a_crafted_last_ckpt_planted_in_a_run_is_refused_on_resume(route, fitted
         assert "planted" not in sys.modules
 
 
+@pytest.mark.slow
 def test_python_m_binclf_does_not_import_a_module_of_the_working_directory(fitted, tmp_path):
     checkpoint, marker = _craft(fitted, tmp_path, "planted class as the network")
     command = [sys.executable, "-m", "binclf", "test", "-c", str(DEFAULT_CONFIG), *SMALL]

@@ -24,6 +24,8 @@ EXTRA = [
     "--model.optimizer.lr=0.1",
 ]
 
+pytestmark = pytest.mark.slow  # whole studies, stacked and solo
+
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory) -> tuple[object, dict[str, dict[str, dict[str, str]]]]:

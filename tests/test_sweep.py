@@ -31,6 +31,7 @@ def read_rows(path):
         return {row["run"]: row for row in csv.DictReader(file)}
 
 
+@pytest.mark.slow
 def test_tiny_sweep_records_failures_and_resumes_only_what_is_missing(
     tmp_path, monkeypatch, capsys, default_config
 ):
@@ -140,7 +141,18 @@ BAD_SWEEPS = {
 }
 
 
-@pytest.mark.parametrize("case", BAD_SWEEPS)
+# These three start `python -m binclf` to parse the runs' arguments: seconds each.
+PARSED_BY_BINCLF = {
+    "a grid key no fit accepts",
+    "an argument no fit accepts",
+    "a base config that is not there",
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(case, marks=pytest.mark.slow if case in PARSED_BY_BINCLF else ()) for case in BAD_SWEEPS],
+)
 def test_bad_sweep_settings_get_one_line_before_anything_runs(case, tmp_path, monkeypatch):
     arguments, named = BAD_SWEEPS[case]
     monkeypatch.chdir(tmp_path)
@@ -165,6 +177,7 @@ def test_values_that_print_alike_get_run_folders_of_their_own(tmp_path):
     assert [run.name for run in runs] == ["scale=0.2,seed=0", "scale=0.2000001,seed=0"]
 
 
+@pytest.mark.slow
 def test_named_settings_a_failing_run_and_damaged_results(tmp_path, monkeypatch, capsys, default_config):
     monkeypatch.chdir(tmp_path)
     args = [
@@ -200,6 +213,7 @@ def test_named_settings_a_failing_run_and_damaged_results(tmp_path, monkeypatch,
     assert [rows[f"optimizer={name},seed=0"]["status"] for name in ("SGD", "Adam")] == ["ok", "ok"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signal_name", "status"), [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_stopped_sweep_ends_its_workers_and_keeps_what_finished(
     tmp_path, default_config, signal_name, status
@@ -276,6 +290,7 @@ def test_a_run_whose_checkpoint_is_missing_or_damaged_is_not_finished(damage, tm
     assert not finished(run)
 
 
+@pytest.mark.slow
 def test_a_second_sweep_in_the_same_folder_is_refused_while_the_first_holds_it(
     tmp_path, monkeypatch, default_config
 ):
@@ -334,6 +349,7 @@ def test_the_report_tables_the_llr_error_and_efficiency_and_draws_what_has_a_flo
     assert label.endswith("no floor, so no point: num_samples=1,000 at scale=0.2")
 
 
+@pytest.mark.slow
 def test_workers_end_themselves_when_the_sweep_is_killed_outright(tmp_path, default_config):
     """SIGKILL leaves a sweep no chance to end its workers: they notice that it has gone, and end."""
     hold = {"class_path": "faults.HoldAtTrainStart", "init_args": {"folder": str(tmp_path)}}

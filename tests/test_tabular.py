@@ -28,6 +28,7 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_readme_use_your_own_data_commands(project, capsys):
     # The README's "Use your own data" section, command by command.
     fit = run_cli(["fit", "-c", "configs/tabular_example.yaml"])

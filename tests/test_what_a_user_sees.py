@@ -28,6 +28,7 @@ def events(run: Path) -> EventAccumulator:
     return accumulator
 
 
+@pytest.mark.slow
 def test_fit_test_and_predict_make_one_tensorboard_run(binclf, tmp_path):
     binclf("fit")
     binclf("test")
@@ -67,6 +68,7 @@ def test_fit_test_and_predict_make_one_tensorboard_run(binclf, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_the_hparams_table_has_one_readable_row_per_fit(binclf, tmp_path):
     binclf("fit", "--model.lr_scheduler=StepLR", "--model.lr_scheduler.step_size=2")
     binclf("test")
@@ -113,6 +115,7 @@ def test_a_fit_written_to_a_file_is_one_line_per_epoch(binclf, capsys):
     assert "MeanMetric" not in out
 
 
+@pytest.mark.slow
 def test_test_prints_binclf_summary_and_names_its_checkpoint_once(binclf, capsys):
     fit = binclf("fit")
     best = Path(fit.trainer.checkpoint_callback.best_model_path).name
@@ -126,6 +129,7 @@ def test_test_prints_binclf_summary_and_names_its_checkpoint_once(binclf, capsys
     assert "Test metric" in capsys.readouterr().out  # still there for those who want it
 
 
+@pytest.mark.slow
 def test_the_lookup_skips_runs_of_another_kind_of_data(tmp_path, monkeypatch, capsys):
     shutil.copytree(CONFIGS, tmp_path / "configs")
     monkeypatch.chdir(tmp_path)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from faults import CountingProfiler
 from helpers import DEFAULT_CONFIG, SMALL
@@ -25,6 +26,7 @@ def test_lightning_cli_says_when_it_builds_the_module(binclf):
     assert fit.model.hparams["optimizer"]["class_path"] == "torch.optim.SGD"
 
 
+@pytest.mark.slow
 def test_the_quick_exit_still_joins_threads_and_runs_atexit_handlers(tmp_path):
     script = textwrap.dedent(
         f"""
