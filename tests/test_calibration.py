@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DEFAULT_CONFIG
+from helpers import DEFAULT_CONFIG, SMALL
 
 from binclf.calibration import fit_calibration
 from binclf.cli import run_cli
@@ -143,3 +143,17 @@ def test_the_stored_calibration_is_a_fit_on_the_validation_splits_logits(binclf,
         train_logits = network(fit.datamodule.transform(fit.datamodule.train_set.features))
     train_scale, _ = fit_calibration(train_logits, fit.datamodule.train_set.targets, "affine")
     assert train_scale != pytest.approx(scale, rel=1e-5)
+
+
+def test_a_calibration_that_was_never_fitted_is_not_called_fitted(fitted, tmp_path, monkeypatch, capsys):
+    """A checkpoint saved before any validation of a calibrated run carries the identity: the summary must
+    not say it was fitted on the validation split."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["binclf"])
+    checkpoint = torch.load(fitted, weights_only=True)
+    checkpoint["hyper_parameters"]["calibration"] = "temperature"  # buffers still 1 and 0, as before a fit
+    torch.save(checkpoint, tmp_path / "unfitted.ckpt")
+    run_cli(["test", "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path=unfitted.ckpt"])
+    out = capsys.readouterr().out
+    assert "temperature, never fitted: no validation ran before this checkpoint" in out
+    assert "fitted on the validation split" not in out
