@@ -8,9 +8,11 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import DEFAULT_CONFIG
 
 from binclf.cli import run_cli
+from binclf.module import BinaryClassifier
 from binclf.safe_io import load_checkpoint
 from binclf.study.stacked import StackedBatches, StackedNetwork, member_of, train_stack
 from binclf.study.sweep import main, plan, run_args
@@ -137,6 +139,32 @@ def test_a_member_trains_as_it_would_in_a_stack_of_one(in_tmp, optimizer):
         [alone] = trained([run])
         for name, tensor in alone.items():
             torch.testing.assert_close(together[k][name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_the_stack_trains_with_the_modules_own_loss(in_tmp, monkeypatch):
+    """Change the LightningModule's loss (class b weighted 5 times) and the stacked study follows: a member
+    of a stack ends where the solo ``binclf fit`` with that loss ends, and both away from the default loss."""
+    [run] = plan(str(DEFAULT_CONFIG), {"data.scale": [0.5]}, [0], EXTRA, in_tmp, None, 23)
+    cli = run_cli(run_args(run), run=False)
+
+    def stacked() -> dict[str, torch.Tensor]:
+        member = member_of(cli, run_args(run), run.name, str(in_tmp))
+        return train_stack(
+            [member], steps=23, val_every=23, log_every=50, batch_size=64
+        ).network.member_state(0)
+
+    default_loss = stacked()
+
+    def weighted(self, logits, targets):
+        weight = torch.tensor(5.0, device=logits.device)
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="none", pos_weight=weight)
+
+    monkeypatch.setattr(BinaryClassifier, "sample_losses", weighted)
+    with_weights = stacked()
+    solo = run_cli(run.args).model.network.state_dict()  # binclf fit: the module's own training step
+    for name, tensor in solo.items():
+        torch.testing.assert_close(with_weights[name], tensor, rtol=1e-4, atol=1e-5)
+    assert max((with_weights[n] - default_loss[n]).abs().max().item() for n in solo) > 1e-3
 
 
 def test_a_bad_member_fails_alone_and_the_others_train_as_if_it_were_not_there(in_tmp):

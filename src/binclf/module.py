@@ -47,7 +47,9 @@ class BinaryClassifier(LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.calibration = calibration
-        self.criterion = nn.BCEWithLogitsLoss()
+        # Per sample, so that one definition serves every stage and the stacked study, which needs each
+        # member's loss over its own rows; change the loss here (pos_weight, say) and all of them follow.
+        self.criterion = nn.BCEWithLogitsLoss(reduction="none")
         # Plain tensors in the state_dict, so a checkpoint carries its calibration as data.
         self.register_buffer("logit_scale", torch.tensor(1.0))
         self.register_buffer("logit_shift", torch.tensor(0.0))
@@ -87,12 +89,17 @@ class BinaryClassifier(LightningModule):
         """The network's logits with the fitted calibration applied (the identity unless one was fitted)."""
         return self.logit_scale * logits + self.logit_shift
 
+    def sample_losses(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The loss of each sample, shaped as ``logits``: the one definition of the loss, for every stage of
+        a run and for every member of a stacked study."""
+        return self.criterion(logits, targets)
+
     def model_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Loss, logits and targets of one labelled batch, from the network itself (never calibrated:
+        """Mean loss, logits and targets of one labelled batch, from the network itself (never calibrated:
         training and the calibration fit see the network's own output); shared by every stage."""
         features, targets = batch
         logits = self.network(features)
-        return self.criterion(logits, targets), logits, targets
+        return self.sample_losses(logits, targets).mean(), logits, targets
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, _, _ = self.model_step(batch)
@@ -159,7 +166,7 @@ class BinaryClassifier(LightningModule):
         raw_loss, raw_logits, targets = self.model_step(batch[:2])
         logits = self.calibrated(raw_logits)
         _require_finite(logits, "test", batch_idx)
-        loss = self.criterion(logits, targets)
+        loss = self.sample_losses(logits, targets).mean()
         probabilities = torch.sigmoid(logits)
         self.test_loss.update(loss, weight=len(targets))
         self.test_acc.update(probabilities, targets)

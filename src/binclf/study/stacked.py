@@ -33,7 +33,6 @@ from typing import Any
 
 import lightning
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
@@ -203,7 +202,9 @@ class StackedClassifier(LightningModule):
     def member_losses(self, features: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Each member's mean loss over its own real rows, ``[K]``, and the logits ``[K, n]``."""
         logits = self(features)[..., 0]
-        losses = F.binary_cross_entropy_with_logits(logits, targets[..., 0], reduction="none")
+        # The module's own loss: the members share their settings, so the first member's definition is all of
+        # theirs, and a LightningModule whose loss is changed is studied with that loss.
+        losses = self.members[0].model.sample_losses(logits, targets[..., 0])
         return (losses * mask).sum(dim=1) / mask.sum(dim=1), logits
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
