@@ -46,8 +46,17 @@ def raise_on_sigterm() -> signal.Handlers | object:
     """From now on SIGTERM raises :class:`Terminated` in the main thread; returns the previous handler.
 
     Lightning's trainer adds its own handler while it runs and calls this one after it, so a stopped
-    ``fit`` still tells its DDP processes to stop before the exception unwinds the run.
+    ``fit`` still tells its DDP processes to stop before the exception unwinds the run. Where Python
+    swallows the raise (in a destructor), it would print it as a traceback; the command ends with 143
+    instead (:func:`main`), so that print is left out.
     """
+    report_unraisable = sys.unraisablehook
+
+    def unless_terminated(unraisable: sys.UnraisableHookArgs) -> None:
+        if not isinstance(unraisable.exc_value, Terminated):
+            report_unraisable(unraisable)
+
+    sys.unraisablehook = unless_terminated
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
