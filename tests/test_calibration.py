@@ -13,7 +13,6 @@ from helpers import DEFAULT_CONFIG, SMALL
 
 from binclf.calibration import fit_calibration
 from binclf.cli import run_cli
-from binclf.study.stacked import stackable
 
 
 def labels_drawn_from(true_logits: torch.Tensor, seed: int) -> torch.Tensor:
@@ -106,18 +105,6 @@ def test_without_calibration_nothing_raw_is_logged_and_the_logit_is_the_networks
     assert fit.model.logit_shift.item() == 0
     metrics = binclf("test").trainer.callback_metrics
     assert not [key for key in metrics if key.endswith("_raw")]
-
-
-def test_a_stack_refuses_a_calibration(tmp_path, monkeypatch):
-    """A stack runs no per-run validation hook, so the calibration would never be fitted: such runs train
-    solo."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["binclf-sweep"])
-    budget = ["--trainer.max_steps=20", "--trainer.val_check_interval=10"]
-    plain = run_cli(["-c", str(DEFAULT_CONFIG), *budget], run=False)
-    assert stackable(plain) is None
-    calibrated = run_cli(["-c", str(DEFAULT_CONFIG), *budget, "--model.calibration=temperature"], run=False)
-    assert "calibration" in stackable(calibrated)
 
 
 def test_the_stored_calibration_is_a_fit_on_the_validation_splits_logits(binclf, tmp_path):

@@ -101,15 +101,24 @@ class BinaryClassifier(LightningModule):
         logits = self.network(features)
         return self.sample_losses(logits, targets).mean(), logits, targets
 
+    def divergence(self, stage: str, loss: Tensor, epoch: int, step: int | None = None) -> str | None:
+        """Why training must stop, if ``loss`` is not finite; ``None`` if it is. The one message for a run
+        and for a member of a stacked study."""
+        if torch.isfinite(loss):
+            return None
+        where = f"epoch {epoch}" if step is None else f"epoch {epoch}, step {step}"
+        return (
+            f"the {stage} loss became {loss.item()} at {where}: training diverged; lower the learning rate "
+            "(--model.optimizer.lr)"
+        )
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, _, _ = self.model_step(batch)
-        if not torch.isfinite(loss):
+        diverged = self.divergence("training", loss, self.current_epoch, self.global_step)
+        if diverged:
             # Stop at once: every later step would only spread NaN through the weights, and the checkpoints
             # saved so far (the best one included) still hold the last finite model.
-            raise FloatingPointError(
-                f"the training loss became {loss.item()} at epoch {self.current_epoch}, step "
-                f"{self.global_step}: training diverged; lower the learning rate (--model.optimizer.lr)"
-            )
+            raise FloatingPointError(diverged)
         # ``self.log`` is costly next to a step of a model this small, so call it only on the steps that the
         # logger records (Lightning's own rule: every ``log_every_n_steps`` optimizer steps).
         every = self.trainer.log_every_n_steps
@@ -118,41 +127,52 @@ class BinaryClassifier(LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, logits, targets = self.model_step(batch)
+        self.update_validation(*self.model_step(batch))
+
+    def update_validation(self, loss: Tensor, logits: Tensor, targets: Tensor) -> None:
+        """Add one batch's mean loss, raw logits and targets to this validation's metrics."""
         self.val_loss.update(loss, weight=len(targets))
         self.val_acc.update(torch.sigmoid(logits), targets)
         if self.calibration != "none":
             self.val_logits.update(logits)
             self.val_targets.update(targets)
 
-    def on_validation_epoch_end(self) -> None:
-        loss = self.val_loss.compute()  # computed once: ``self.log`` below reuses the result
-        if not torch.isfinite(loss):
+    def compute_validation(self, epoch: int, sanity_check: bool = False) -> dict[str, Tensor]:
+        """Close one validation: its loss and accuracy, and, unless it is Lightning's sanity check (a couple
+        of batches of an untrained model), the calibration fitted on its logits and the best accuracy so far.
+        Raises ``FloatingPointError`` if the loss is not finite. The metrics are reset for the next one."""
+        loss = self.val_loss.compute()
+        diverged = self.divergence("validation", loss, epoch)
+        if diverged:
             # Raised before the checkpoint callbacks see this epoch, so no checkpoint, the best one included,
             # ever holds a model whose loss is not finite.
-            raise FloatingPointError(
-                f"the validation loss became {loss.item()} at epoch {self.current_epoch}: training "
-                "diverged; lower the learning rate (--model.optimizer.lr)"
-            )
-        # Metric objects sync across DDP ranks by themselves, and Lightning resets them after logging.
-        self.log("val/loss", self.val_loss, prog_bar=True)
-        self.log("val/acc", self.val_acc, prog_bar=True)
+            raise FloatingPointError(diverged)
+        # Metric objects sync across DDP ranks when computed, so every rank sees the same values.
+        values = {"val/loss": loss, "val/acc": self.val_acc.compute()}
+        self.val_loss.reset()
+        self.val_acc.reset()
         if self.calibration != "none":
             logits, targets = self.val_logits.compute(), self.val_targets.compute()
             self.val_logits.reset()
             self.val_targets.reset()
-        if self.trainer.sanity_checking:  # a couple of batches of an untrained model is no "best"
-            return
-        if self.calibration != "none":
-            # Fitted before the checkpoint callbacks see this epoch, so each checkpoint holds its own.
-            scale, shift = fit_calibration(logits, targets, self.calibration)
-            self.logit_scale.fill_(scale)
-            self.logit_shift.fill_(shift)
-        self.val_acc_best.update(self.val_acc.compute())
+            if not sanity_check:
+                # Fitted before the checkpoint callbacks see this epoch, so each checkpoint holds its own.
+                scale, shift = fit_calibration(logits, targets, self.calibration)
+                self.logit_scale.fill_(scale)
+                self.logit_shift.fill_(shift)
+        if sanity_check:
+            return values
+        self.val_acc_best.update(values["val/acc"])
         best = self.val_acc_best.compute()
-        # The value is already the same on every rank; sync_dist only averages identical numbers.
-        self.log("val/acc_best", best, sync_dist=True)
-        self.log("hp_metric", best, sync_dist=True)  # TensorBoard's HPARAMS tab ranks runs by this key
+        # hp_metric: TensorBoard's HPARAMS tab ranks runs by this key.
+        return values | {"val/acc_best": best, "hp_metric": best}
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.compute_validation(self.current_epoch, sanity_check=self.trainer.sanity_checking)
+        # The values are already the same on every rank; sync_dist only averages identical numbers.
+        shown = {key: values.pop(key) for key in ("val/loss", "val/acc")}
+        self.log_dict(shown, prog_bar=True, sync_dist=True)
+        self.log_dict(values, sync_dist=True)
 
     def on_test_start(self) -> None:
         datamodule = self.trainer.datamodule

@@ -1,95 +1,55 @@
 """Many small classifiers trained at once: the study's runs that differ only in their data and seeds, as one
-stack of K networks that takes every optimizer step together.
+stack of the template's own ``BinaryClassifier``s that take every optimizer step together.
 
 A 4 K-parameter network is too small to keep a core busy, and Lightning's machinery costs as much per step
-as its arithmetic. Stacked, layer ``l`` of all K members is one weight tensor ``[K, in, out]`` and one
-batched matrix product (``torch.baddbmm``), and Lightning's cost per step is shared by K members.
+as its arithmetic. Stacked, each parameter of the K members' networks is one tensor with the members along
+its first dimension (``torch.func.stack_module_state``), and one ``torch.func.vmap`` runs every member's
+forward and per-sample loss in one batched pass; Lightning's cost per step is shared by K members.
 
-The members stay independent, each exactly as its solo run (``binclf fit`` with the same arguments) would be:
+Nothing about training is defined here. Each member is the ``BinaryClassifier`` that ``binclf fit`` builds
+for its run, and the stack uses that module's network (``functional_call``), loss (``sample_losses``),
+divergence check, validation metrics and calibration (``update_validation``, ``compute_validation``),
+optimizer and scheduler settings, and Lightning's ``Trainer.save_checkpoint`` for its checkpoint. A change
+to ``module.py`` reaches the stack as it reaches ``binclf fit``. What the stack adds is the bookkeeping that
+keeps each member as its solo run would be:
 
 - its data: the same draws, splits and per-epoch shuffles, from its own data module. Each member steps
   through its own epochs; a last batch that is short is padded, and the padding masked out of the loss;
-- its initial weights: its network is built by the CLI right after seeding with its seed, as in the solo run;
-- its loss: the mean over its own samples. The stack's loss is the *sum* of the members' losses, so each
+- its initial weights: its network is built by the CLI right after seeding with its seed;
+- its loss: the mean over its own rows. The stack's loss is the *sum* of the members' losses, so each
   member's gradient is that of its own loss alone, and an element-wise optimizer (SGD with or without
   momentum, Adam, AdamW) updates each member as it would alone;
-- its validation, on its own validation set and schedule, and its best weights (lowest validation loss);
-- its test, of its best weights against its own Bayes rule, through the same ``BinaryClassifier`` test code
-  as a solo run, and its outputs: ``result.json``, TensorBoard scalars and a checkpoint that
-  ``binclf test --ckpt_path`` accepts.
+- its learning-rate schedule: the scheduler steps at the end of each of the member's epochs, as Lightning
+  steps the module's scheduler. Members whose epochs have one length share an optimizer and a scheduler;
+  members with other epoch lengths get their own;
+- its validation, on its own validation split and schedule: its calibration is fitted there, and it keeps
+  the weights of its lowest validation loss, as ``ModelCheckpoint(mode="min")`` would;
+- its test, of those weights, through ``BinaryClassifier``'s test step, and its outputs: ``result.json``,
+  TensorBoard scalars and a checkpoint that ``binclf test --ckpt_path`` accepts.
 
-Runs stack when they share everything but data settings and seeds (network, optimizer, batch size, budget);
-:func:`stackable` says why a run cannot (another network, a learning-rate scheduler, which would couple the
-members, several devices).
+:func:`stackable` and :func:`forward_problem` say why a run cannot join a stack; it then trains solo.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from binclf.data import InMemoryDataModule
 from binclf.data.batches import EpochBatchSampler
 from binclf.module import BinaryClassifier
 from binclf.monitoring.tensorboard import LogAtTrainedStep, hparams_row, write_hparams_row
-
-LOOPS = ("fit_loop", "validate_loop", "test_loop", "predict_loop")  # what Lightning's checkpoints hold
-
-
-def linear_chain(network: nn.Module) -> list[tuple[str, nn.Linear]] | None:
-    """The network's linear layers with their names, if it is ``Linear (ReLU Linear)*`` as binclf's MLP and
-    LogisticRegression are; ``None`` for any other network, which trains solo."""
-    leaves = [(name, module) for name, module in network.named_modules() if not list(module.children())]
-    kinds = [nn.Linear if i % 2 == 0 else nn.ReLU for i in range(len(leaves))]
-    if (
-        not leaves
-        or len(leaves) % 2 == 0
-        or any(type(m) is not k for (_, m), k in zip(leaves, kinds, strict=True))
-    ):
-        return None
-    return [(name, module) for name, module in leaves if isinstance(module, nn.Linear)]
-
-
-class StackedNetwork(nn.Module):
-    """K networks of one ``Linear (ReLU Linear)*`` shape as one module: layer ``l``'s weights are
-    ``[K, in, out]`` and its biases ``[K, 1, out]``; inputs are ``[K, n, in]``, logits ``[K, n, 1]``."""
-
-    def __init__(self, networks: list[nn.Module]) -> None:
-        super().__init__()
-        chains = [linear_chain(network) for network in networks]
-        self.names = [name for name, _ in chains[0]]
-        self.weights = nn.ParameterList(
-            nn.Parameter(torch.stack([chain[layer][1].weight.detach().T for chain in chains]).contiguous())
-            for layer in range(len(self.names))
-        )
-        self.biases = nn.ParameterList(
-            nn.Parameter(torch.stack([chain[layer][1].bias.detach()[None, :] for chain in chains]))
-            for layer in range(len(self.names))
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
-            x = torch.baddbmm(bias, x, weight)
-            if layer + 1 < len(self.weights):
-                x = torch.relu(x)
-        return x
-
-    def member_state(self, k: int) -> dict[str, Tensor]:
-        """Member ``k``'s weights under its own network's names (``layers.0.weight``, ...)."""
-        state = {}
-        for name, weight, bias in zip(self.names, self.weights, self.biases, strict=True):
-            state[f"{name}.weight"] = weight[k].detach().T.clone()
-            state[f"{name}.bias"] = bias[k, 0].detach().clone()
-        return state
 
 
 @dataclass
@@ -105,10 +65,39 @@ class Member:
     steps_per_epoch: int = 0
     best_loss: float = math.inf
     best_step: int = 0
-    best_state: dict[str, Tensor] = field(default_factory=dict)
-    best_accuracy: float = -math.inf
+    best_state: dict[str, Tensor] = field(default_factory=dict)  # the whole module's, as a checkpoint's
     failure: str | None = None
-    validations: list[tuple[int, float, float, float]] = field(default_factory=list)  # step, loss, acc, best
+    validations: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # step, logged values
+
+
+def forward_problem(network: nn.Module, features: Tensor) -> str | None:
+    """Why ``network`` cannot be stacked, or ``None``: its forward must be a pure function of its parameters,
+    buffers and input (no randomness, no buffer updated in forward), and give under ``vmap`` what it gives
+    alone. Probed on ``features``, a few rows of the run's own data, in training mode."""
+    name = type(network).__name__
+    copies = [copy.deepcopy(network).train() for _ in range(2)]
+    buffers_before = {key: value.clone() for key, value in copies[0].named_buffers()}
+    with torch.no_grad():
+        alone, again = copies[0](features), copies[0](features)
+    if not torch.equal(alone, again):
+        return f"its network, {name}, gives two outputs for one input (randomness in forward, e.g. dropout)"
+    for key, value in copies[0].named_buffers():
+        if not torch.equal(value, buffers_before[key]):
+            return f"its network, {name}, updates its buffer {key} in forward (as batch norm does)"
+    try:
+        with torch.no_grad():
+            parameters, buffers = stack_module_state(copies)
+            # The features batched too, as in training: each member sees its own rows.
+            batched = features.expand(len(copies), *features.shape)
+            stacked = vmap(lambda p, b, x: functional_call(copies[1], (p, b), (x,)))(
+                parameters, buffers, batched
+            )
+    except Exception as error:  # whatever a user's forward raises under vmap
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return f"its network, {name}, cannot run under torch.func.vmap: {first_line}"
+    if stacked.shape[1:] != alone.shape or not torch.allclose(stacked[0], alone, rtol=1e-5, atol=1e-6):
+        return f"its network, {name}, computes something else under torch.func.vmap than alone"
+    return None
 
 
 class StackedBatches:
@@ -134,8 +123,6 @@ class StackedBatches:
             EpochBatchSampler(len(data.features), batch_size, shuffle=True, seed=member.datamodule.seed)
             for member, data in zip(members, self.sets, strict=True)
         ]
-        for member, sampler in zip(members, self.samplers, strict=True):
-            member.steps_per_epoch = len(sampler)
 
     def __len__(self) -> int:
         return self.steps
@@ -179,85 +166,177 @@ def _stacked_split(members: list[Member], name: str) -> tuple[Tensor, Tensor, Te
     return features, targets, mask
 
 
-class StackedClassifier(LightningModule):
-    """Trains the members' networks as one :class:`StackedNetwork` with their shared optimizer settings.
+class MemberGroup(nn.Module):
+    """Members that step one optimizer (and scheduler) together: each parameter and buffer of their networks
+    as one tensor, members along dimension 0, and their forward and per-sample loss as one ``vmap``."""
 
-    Validation runs every ``val_every`` steps on each member's whole validation set; each member keeps the
-    weights of its lowest validation loss. ``log_every`` is the solo runs' ``log_every_n_steps``: the
-    training loss of each member is kept at those steps, for its TensorBoard curve.
+    def __init__(self, members: list[Member], rows: slice) -> None:
+        super().__init__()
+        self.model = [members[0].model]  # a list: the template, not a submodule with weights of its own
+        self.rows = rows  # this group's members in the stack's order
+        self.steps_per_epoch = members[0].steps_per_epoch
+        parameters, buffers = stack_module_state([member.model.network for member in members])
+        self.parameter_names = list(parameters)
+        self.stacked = nn.ParameterList(nn.Parameter(parameters[name]) for name in self.parameter_names)
+        self.buffer_names = list(buffers)
+        for index, name in enumerate(self.buffer_names):
+            self.register_buffer(f"buffer_{index}", buffers[name])
+
+    def _member(
+        self, parameters: dict[str, Tensor], buffers: dict[str, Tensor], features: Tensor, targets: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """One member's logits and per-sample losses: its module's network and loss, with its weights."""
+        model = self.model[0]
+        logits = functional_call(model.network, (parameters, buffers), (features,))
+        return logits, model.sample_losses(logits, targets)
+
+    def forward(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and per-sample losses ``[K, n, 1]`` of features ``[K, n, d]`` and targets ``[K, n, 1]``."""
+        parameters = dict(zip(self.parameter_names, self.stacked, strict=True))
+        buffers = {name: getattr(self, f"buffer_{i}") for i, name in enumerate(self.buffer_names)}
+        return vmap(self._member)(parameters, buffers, features, targets)
+
+    def member_weights(self, index: int) -> dict[str, Tensor]:
+        """Member ``index``'s network state under its own network's names."""
+        state = {
+            name: weight[index].detach()
+            for name, weight in zip(self.parameter_names, self.stacked, strict=True)
+        }
+        return state | {name: getattr(self, f"buffer_{i}")[index] for i, name in enumerate(self.buffer_names)}
+
+
+class StackedClassifier(LightningModule):
+    """Trains the members as one stack; see the module's docstring for what each member keeps of its solo run.
+
+    Validation runs every ``val_every`` steps on each member's whole validation set. ``log_every`` is the
+    solo runs' ``log_every_n_steps``: each member's training loss is kept at those steps for its curve.
     """
 
     def __init__(
         self, members: list[Member], val_every: int, log_every: int, batch_size: int, steps: int
     ) -> None:
         super().__init__()
-        self.members = members
-        self.network = StackedNetwork([member.model.network for member in members])
+        # An optimizer and scheduler per group of members, stepped here: a scheduler follows its members'
+        # epochs, which Lightning's loop, seeing one long epoch of the stack, does not know.
+        self.automatic_optimization = False
+        scheduled = members[0].model.lr_scheduler is not None
+        lengths = sorted({member.steps_per_epoch for member in members}) if scheduled else [None]
+        self.members: list[Member] = []
+        groups = []
+        for length in lengths:
+            group = [m for m in members if length is None or m.steps_per_epoch == length]
+            groups.append(MemberGroup(group, slice(len(self.members), len(self.members) + len(group))))
+            self.members += group
+        self.groups = nn.ModuleList(groups)
         self.val_every, self.log_every, self.batch_size, self.steps = val_every, log_every, batch_size, steps
+        self.schedulers: list[Any] = []
         self.train_losses: list[tuple[int, list[float]]] = []  # numbers: kept tensors would pin freed memory
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.network(x)
+    def member_outputs(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Every member's logits and per-sample losses, ``[K, n, 1]``, in the stack's order."""
+        if len(self.groups) == 1:
+            return self.groups[0](features, targets)
+        outputs = [group(features[group.rows], targets[group.rows]) for group in self.groups]
+        return torch.cat([logits for logits, _ in outputs]), torch.cat([losses for _, losses in outputs])
 
-    def member_losses(self, features: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Each member's mean loss over its own real rows, ``[K]``, and the logits ``[K, n]``."""
-        logits = self(features)[..., 0]
-        # The module's own loss: the members share their settings, so the first member's definition is all of
-        # theirs, and a LightningModule whose loss is changed is studied with that loss.
-        losses = self.members[0].model.sample_losses(logits, targets[..., 0])
-        return (losses * mask).sum(dim=1) / mask.sum(dim=1), logits
-
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
-        losses, _ = self.member_losses(*batch)
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        features, targets, mask = batch
+        _, sample_losses = self.member_outputs(features, targets)
+        losses = (sample_losses[..., 0] * mask).sum(dim=1) / mask.sum(dim=1)  # each member's own rows
         finite = torch.isfinite(losses)
         if not bool(finite.all()):
             for k in torch.nonzero(~finite)[:, 0].tolist():
                 member = self.members[k]
-                if member.failure is None:
-                    epoch, step = self.global_step // member.steps_per_epoch, self.global_step
-                    member.failure = (
-                        f"the training loss became {losses[k].item()} at epoch {epoch}, step {step}: "
-                        "training diverged; lower the learning rate (--model.optimizer.lr)"
-                    )
-        if (self.global_step + 1) % self.log_every == 0:
-            self.train_losses.append((self.global_step, losses.detach().tolist()))
+                epoch = batch_idx // member.steps_per_epoch
+                member.failure = member.failure or member.model.divergence(
+                    "training", losses[k], epoch, batch_idx
+                )
+        if (batch_idx + 1) % self.log_every == 0:
+            self.train_losses.append((batch_idx, losses.detach().tolist()))
+        optimizers = self.optimizers(use_pl_optimizer=False)
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        for optimizer in optimizers:
+            optimizer.zero_grad()
         # The sum, not the mean: each member's gradient is its own loss's, as in its solo run. A member that
         # diverged contributes nothing more (its own weights are lost already).
-        return torch.where(finite, losses, torch.zeros_like(losses)).sum()
+        self.manual_backward(torch.where(finite, losses, torch.zeros_like(losses)).sum())
+        for optimizer in optimizers:
+            optimizer.step()
+        step = batch_idx + 1  # optimizer steps taken, as a solo run's global_step now
+        for group, scheduler in zip(self.groups, self.schedulers, strict=True):
+            if scheduler is not None and step % group.steps_per_epoch == 0:
+                scheduler.step()
+        if step % self.val_every == 0:  # as the solo runs' val_check_interval
+            self.validate(step)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.global_step % self.val_every == 0:  # as the solo runs' val_check_interval
-            self.validate()
+    def on_fit_start(self) -> None:
+        for member in self.members:  # their metrics and calibration are updated where the stack computes
+            member.model.to(self.device)
+        self.validation_split = tuple(
+            part.to(self.device) for part in _stacked_split(self.members, "val_set")
+        )
 
-    def validate(self) -> None:
-        """Each member's loss and accuracy on its whole validation set; a lower loss keeps its weights."""
-        features, targets, mask = _stacked_split(self.members, "val_set")
-        with torch.no_grad():
-            losses, logits = self.member_losses(
-                features.to(self.device), targets.to(self.device), mask.to(self.device)
-            )
-            correct = ((torch.sigmoid(logits) > 0.5).float() == targets[..., 0].to(self.device)).float()
-            accuracy = (correct * mask.to(self.device)).sum(dim=1) / mask.to(self.device).sum(dim=1)
-        step = self.global_step
+    @torch.no_grad()
+    def validate(self, step: int) -> None:
+        """Each member's validation through its own module; a lower loss keeps its weights."""
+        features, targets, mask = self.validation_split
+        logits, sample_losses = self.member_outputs(features, targets)
         for k, member in enumerate(self.members):
-            loss, acc = losses[k].item(), accuracy[k].item()
-            if not math.isfinite(loss):
-                member.failure = member.failure or (
-                    f"the validation loss became {loss} at epoch {step // member.steps_per_epoch}: training "
-                    "diverged; lower the learning rate (--model.optimizer.lr)"
-                )
+            if member.failure is not None:
                 continue
-            member.best_accuracy = max(member.best_accuracy, acc)
-            if loss < member.best_loss:  # strictly lower, as ModelCheckpoint(mode="min") decides
-                member.best_loss, member.best_step = loss, step
-                member.best_state = self.network.member_state(k)
-            member.validations.append((step, loss, acc, member.best_accuracy))
+            rows = int(mask[k].sum())
+            member.model.update_validation(
+                sample_losses[k, :rows].mean(), logits[k, :rows], targets[k, :rows]
+            )
+            try:  # the solo run's epoch at this validation: its last batch, step, is in it
+                values = member.model.compute_validation((step - 1) // member.steps_per_epoch)
+            except FloatingPointError as error:
+                member.failure = str(error)
+                continue
+            numbers = {key: float(value) for key, value in values.items()}
+            member.validations.append((step, numbers))
+            if numbers["val/loss"] < member.best_loss:  # strictly lower, as ModelCheckpoint(mode="min")
+                member.best_loss, member.best_step = numbers["val/loss"], step
+                member.best_state = self.member_state(k)
+
+    def member_state(self, k: int) -> dict[str, Tensor]:
+        """Member ``k``'s whole module state now: its weights from the stack, and its own module's
+        calibration and best accuracy, as a checkpoint of its solo run holds them."""
+        member = self.members[k]
+        member.model.network.load_state_dict(self.member_weights(k))
+        return {name: value.detach().clone() for name, value in member.model.state_dict().items()}
+
+    def member_weights(self, k: int) -> dict[str, Tensor]:
+        """Member ``k``'s network weights in the stack now."""
+        for group in self.groups:
+            if group.rows.start <= k < group.rows.stop:
+                return group.member_weights(k - group.rows.start)
+        raise IndexError(k)
 
     def train_dataloader(self) -> StackedBatches:
         return StackedBatches(self.members, self.batch_size, self.steps, self.device)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.members[0].model.optimizer(self.parameters())
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        model = self.members[0].model  # the members share their optimizer and scheduler settings
+        optimizers = [model.optimizer(group.parameters()) for group in self.groups]
+        self.schedulers = [
+            model.lr_scheduler(optimizer) if model.lr_scheduler is not None else None
+            for optimizer in optimizers
+        ]
+        return optimizers
+
+
+class TrainedTo(Callback):
+    """Records in a member's checkpoint the epoch and step its weights were trained to, which the Trainer
+    that tested and saved them, having trained nothing, does not know."""
+
+    def __init__(self, step: int, epoch: int) -> None:
+        self.step, self.epoch = step, epoch
+
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint["epoch"], checkpoint["global_step"] = self.epoch, self.step
 
 
 def train_stack(
@@ -273,10 +352,11 @@ def train_stack(
     the returned module holds the weights after the last step."""
     for member in members:
         member.datamodule.setup("fit")
+        sampler = EpochBatchSampler(len(member.datamodule.train_set.features), batch_size, shuffle=True)
+        member.steps_per_epoch = len(sampler)
     module = StackedClassifier(members, val_every, log_every, batch_size, steps)
     trainer = Trainer(
-        max_steps=steps,
-        max_epochs=-1,
+        max_epochs=1,  # the stack's one pass over its ``steps`` batches; each member counts its own epochs
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
@@ -287,7 +367,7 @@ def train_stack(
     )
     trainer.fit(module)
     for step, losses in module.train_losses:
-        for k, member in enumerate(members):
+        for k, member in enumerate(module.members):
             member.logger.log_metrics({"train/loss": losses[k]}, step)
     return module
 
@@ -297,17 +377,17 @@ def finish_member(member: Member, directory: Path, accelerator: str = "cpu") -> 
     Bayes rule), write its TensorBoard curves, HParams row and best checkpoint; return its test metrics."""
     from binclf.safe_io import atomic_write
 
+    if not member.best_state:
+        raise RuntimeError("no validation ran: val_check_interval is larger than the number of steps")
     model, datamodule = member.model, member.datamodule
-    model.network.load_state_dict(member.best_state)
-    model.val_acc_best.update(torch.tensor(member.best_accuracy))
-    epoch = member.best_step // member.steps_per_epoch
-    for step, loss, accuracy, best in member.validations:
-        metrics = {"val/loss": loss, "val/acc": accuracy, "val/acc_best": best, "hp_metric": best}
-        member.logger.log_metrics(metrics, step - 1)
+    model.load_state_dict(member.best_state)
+    epoch = (member.best_step - 1) // member.steps_per_epoch
+    for step, values in member.validations:
+        member.logger.log_metrics(values, step - 1)
     write_hparams_row([member.logger], member.hparams_row)
     tester = Trainer(
         logger=member.logger,
-        callbacks=[LogAtTrainedStep(member.best_step, epoch)],
+        callbacks=[LogAtTrainedStep(member.best_step, epoch), TrainedTo(member.best_step, epoch)],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
@@ -316,39 +396,22 @@ def finish_member(member: Member, directory: Path, accelerator: str = "cpu") -> 
     )
     tester.test(model, datamodule=datamodule, verbose=False)
     member.logger.finalize("success")
-    checkpoint = {
-        "epoch": epoch,
-        "global_step": member.best_step,
-        "pytorch-lightning_version": lightning.__version__,
-        "state_dict": model.state_dict(),
-        "hparams_name": "kwargs",
-        "hyper_parameters": dict(model.hparams),
-        "datamodule_hparams_name": "kwargs",
-        "datamodule_hyper_parameters": dict(datamodule.hparams),
-        "loops": {name: getattr(tester, name).state_dict() for name in LOOPS},
-        "callbacks": {},
-        "optimizer_states": [],
-        "lr_schedulers": [],
-    }
-    state = datamodule.state_dict()
-    if state:  # a table's label names and statistics, as a solo run keeps them
-        checkpoint[type(datamodule).__qualname__] = state
     name = f"epoch={epoch}-step={member.best_step}-val_loss={member.best_loss:.4f}.ckpt"
     folder = directory / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / name, lambda tmp: torch.save(checkpoint, tmp))
+    atomic_write(folder / name, tester.save_checkpoint)
     return {key: float(value) for key, value in tester.callback_metrics.items() if key.startswith("test/")}
 
 
 def stackable(cli: Any) -> str | None:
-    """Why the run ``cli`` built (``run_cli(..., run=False)``) cannot join a stack; ``None`` if it can."""
+    """Why the run ``cli`` built (``run_cli(..., run=False)``) cannot join a stack, judged on its settings;
+    ``None`` if it can. Its network is judged on data, by :func:`forward_problem`."""
     trainer = cli.config.trainer
-    if linear_chain(cli.model.network) is None:
-        return f"its network, {type(cli.model.network).__name__}, is not a chain of Linear and ReLU layers"
-    if cli.model.calibration != "none":
-        return "its calibration is fitted at each validation of a run, which a stack does not run"
-    if cli.model.lr_scheduler is not None:
-        return "a learning-rate scheduler would step once for the whole stack"
+    model = cli.model
+    if model.lr_scheduler is not None:
+        scheduler = model.lr_scheduler(model.optimizer([nn.Parameter(torch.zeros(1))]))
+        if isinstance(scheduler, ReduceLROnPlateau):
+            return "its learning-rate scheduler follows its own validation loss (ReduceLROnPlateau)"
     if not isinstance(cli.datamodule, InMemoryDataModule):
         return "its data module does not hold its data in memory"
     if cli.config.trainer.get("callbacks"):

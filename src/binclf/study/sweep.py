@@ -309,7 +309,7 @@ def _train_and_test_stack(runs: list[Run]) -> list[dict[str, Any]] | None:
     """
     from binclf.cli import run_cli
     from binclf.command import error_message
-    from binclf.study.stacked import finish_member, member_of, stackable, train_stack
+    from binclf.study.stacked import finish_member, forward_problem, member_of, stackable, train_stack
 
     template, members, outcomes = None, {}, {}
     for run in runs:
@@ -322,6 +322,12 @@ def _train_and_test_stack(runs: list[Run]) -> list[dict[str, Any]] | None:
                     return None
             member = member_of(template, run_args(run), run.name, str(run.directory.parent))
             member.datamodule.setup("fit")
+            if not members:  # the network, probed on a few rows of the first member's own data
+                probe = member.datamodule.transform(member.datamodule.train_set.features[:8])
+                reason = forward_problem(member.model.network, probe)
+                if reason is not None:
+                    print(f"these runs train solo: {reason}")
+                    return None
             members[run.name] = member
         except Exception as error:  # as ``execute`` records a solo run that fails
             traceback.print_exc()

@@ -2,7 +2,7 @@
 
 Ray listens on the machine's network interface even when told 127.0.0.1; inside a network namespace that
 holds nothing but loopback it uses 127.0.0.1 by itself. So the cluster and the sweeps run in such a
-namespace (``unshare -n``, which needs root), driven by ``tests/ray_cluster.py``; where the namespace
+namespace (``unshare -n``, which needs root), driven by ``tests/study/ray_cluster.py``; where the namespace
 cannot be made, these tests are skipped and say why.
 """
 

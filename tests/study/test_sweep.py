@@ -239,7 +239,7 @@ def test_a_stopped_sweep_ends_its_workers_and_keeps_what_finished(
         "--name=stopped",
         "--workers=2",
     ]
-    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     result = subprocess.run(
         command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False, env=environment
     )
@@ -362,7 +362,7 @@ def test_workers_end_themselves_when_the_sweep_is_killed_outright(tmp_path, defa
         "--name=killed",
         "--workers=2",
     ]
-    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     sweep = subprocess.Popen(
         command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment
     )

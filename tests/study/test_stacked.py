@@ -14,7 +14,7 @@ from helpers import DEFAULT_CONFIG
 from binclf.cli import run_cli
 from binclf.module import BinaryClassifier
 from binclf.safe_io import load_checkpoint
-from binclf.study.stacked import StackedBatches, StackedNetwork, member_of, train_stack
+from binclf.study.stacked import StackedBatches, StackedClassifier, member_of, train_stack
 from binclf.study.sweep import main, plan, run_args
 
 # A small grid: unequal training sizes, so the members' epochs end at different steps, with short batches.
@@ -65,23 +65,32 @@ def test_each_member_starts_from_its_solo_runs_data_batches_and_weights(in_tmp):
     runs = plan(str(DEFAULT_CONFIG), json.loads(GRID), [0, 1], EXTRA, in_tmp, None, 60)
     cli = run_cli(run_args(runs[0]), run=False)
     members = [member_of(cli, run_args(run), run.name, str(in_tmp)) for run in runs]
-    stacked = StackedNetwork([member.model.network for member in members])
     for member in members:
         member.datamodule.setup("fit")
-    stacked_batches = list(StackedBatches(members, 64, steps=12))
-    for k, run in enumerate(runs):
+    stack = StackedClassifier(members, val_every=60, log_every=50, batch_size=64, steps=12)
+    stacked_batches = list(StackedBatches(stack.members, 64, steps=12))
+    for k, member in enumerate(stack.members):
+        [run] = [run for run in runs if run.name == member.name]
         solo = run_cli(run_args(run), run=False)  # what `binclf fit` builds for this run, before training
         solo.datamodule.setup("fit")
-        assert torch.equal(solo.datamodule.train_set.features, members[k].datamodule.train_set.features)
+        assert torch.equal(solo.datamodule.train_set.features, member.datamodule.train_set.features)
         initial = solo.model.network.state_dict()
-        assert all(torch.equal(initial[name], tensor) for name, tensor in stacked.member_state(k).items())
-        # The solo run's first 12 batches, across its epoch boundary (its epochs are 4 or 5 batches long).
-        for step, (features, targets) in zip(range(12), solo.datamodule.train_dataloader(), strict=False):
+        assert all(torch.equal(initial[name], tensor) for name, tensor in stack.member_weights(k).items())
+        # The solo run's first 12 batches, epoch after epoch as Lightning draws them (set_epoch, then a
+        # fresh pass): its epochs are 4 or 5 batches long, so these cross two epoch boundaries.
+        loader, solo_batches = solo.datamodule.train_dataloader(), []
+        for epoch in range(3):
+            loader.sampler.set_epoch(epoch)
+            solo_batches += list(loader)
+        assert len(loader) in (4, 5)
+        assert not torch.equal(solo_batches[0][0], solo_batches[len(loader)][0])  # reshuffled each epoch
+        for step in range(12):
+            features, targets = solo_batches[step]
             stacked_features, stacked_targets, mask = (part[k] for part in stacked_batches[step])
             rows = int(mask.sum())
+            assert rows == len(features)
             assert torch.equal(stacked_features[:rows], features)
             assert torch.equal(stacked_targets[:rows], targets)
-    assert {member.steps_per_epoch for member in members} == {4, 5}
 
 
 def test_stacked_and_solo_studies_agree_run_by_run(studies):
@@ -132,7 +141,7 @@ def test_a_member_trains_as_it_would_in_a_stack_of_one(in_tmp, optimizer):
     def trained(selected) -> list[dict[str, torch.Tensor]]:
         members = [member_of(cli, run_args(run), run.name, str(in_tmp)) for run in selected]
         module = train_stack(members, steps=23, val_every=23, log_every=50, batch_size=64)
-        return [module.network.member_state(k) for k in range(len(members))]
+        return [module.member_weights(k) for k in range(len(members))]
 
     together = trained(runs)
     for k, run in enumerate(runs):
@@ -149,9 +158,7 @@ def test_the_stack_trains_with_the_modules_own_loss(in_tmp, monkeypatch):
 
     def stacked() -> dict[str, torch.Tensor]:
         member = member_of(cli, run_args(run), run.name, str(in_tmp))
-        return train_stack(
-            [member], steps=23, val_every=23, log_every=50, batch_size=64
-        ).network.member_state(0)
+        return train_stack([member], steps=23, val_every=23, log_every=50, batch_size=64).member_weights(0)
 
     default_loss = stacked()
 

@@ -1,4 +1,4 @@
-"""Runs inside a network namespace that holds nothing but loopback (``tests/test_ray.py`` starts it): a
+"""Runs inside a network namespace that holds nothing but loopback (``tests/study/test_ray.py`` starts it): a
 two-node Ray cluster on this machine, and ``binclf-sweep --executor ray`` against it, three ways:
 
 1. ``agree``: a small grid through the cluster and through the local executor;
@@ -24,11 +24,11 @@ from pathlib import Path
 from ray.cluster_utils import Cluster
 
 HERE = Path(__file__).resolve().parent
-CONFIG = HERE.parent / "configs" / "default.yaml"
+CONFIG = HERE.parents[1] / "configs" / "default.yaml"
 SWEEP = str(Path(sys.executable).parent / "binclf-sweep")
 GRID = '{"data.scale": [0.3, 1.0], "data.num_samples": [100, 150]}'
 SMALL = "--data.num_val_samples=200, --data.num_test_samples=1000, --data.batch_size=64"
-os.environ["PYTHONPATH"] = str(HERE)  # tests/faults.py, for the sweeps and for the nodes' Ray workers
+os.environ["PYTHONPATH"] = str(HERE.parent)  # tests/faults.py, for the sweeps and for the nodes' Ray workers
 ENV = dict(os.environ)
 
 

@@ -1,0 +1,194 @@
+"""A member of a stack and the same run solo agree, for every kind of run that stacks: the same best weights
+within 1e-6, and the same test metrics to 4 decimals.
+
+Each kind trains a stack of two members whose training sets differ in size, so their epochs end at different
+steps, with short last batches; the solo runs are ``binclf fit`` and a test of its best checkpoint."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import DEFAULT_CONFIG
+from torch import nn
+
+from binclf.cli import run_cli
+from binclf.module import BinaryClassifier
+from binclf.safe_io import load_checkpoint
+from binclf.study.stacked import finish_member, forward_problem, member_of, train_stack
+from binclf.study.sweep import plan, run_args
+
+STEPS = 30
+ARGS = [
+    "--data.num_val_samples=200",
+    "--data.num_test_samples=1000",
+    "--data.batch_size=64",
+    "--model.optimizer.lr=0.1",
+]
+
+
+class ThreeLayerNet(nn.Module):
+    """A user's own network: three linear layers with tanh between them, written out by hand."""
+
+    def __init__(self, input_dim: int = 1, width: int = 16) -> None:
+        super().__init__()
+        self.first = nn.Linear(input_dim, width)
+        self.second = nn.Linear(width, width)
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.second(torch.tanh(self.first(x)))))
+
+
+KINDS = {
+    "MLP": [],
+    "LogisticRegression": ["--model.network=binclf.networks.LogisticRegression"],
+    "user network": [f"--model.network={__name__}.ThreeLayerNet"],
+    "momentum SGD": ["--model.optimizer.momentum=0.9"],
+    "Adam": ["--model.optimizer=Adam", "--model.optimizer.lr=0.01"],
+    # Epochs of 4 and 5 steps: the two members' schedules step at different steps.
+    "StepLR": ["--model.lr_scheduler=StepLR", "--model.lr_scheduler.step_size=2"],
+    "temperature calibration": ["--model.calibration=temperature"],
+}
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["binclf-sweep"])
+    return tmp_path
+
+
+def two_runs(root, extra):
+    grid = {"data.num_samples": [100, 150]}
+    return plan(str(DEFAULT_CONFIG), grid, [0], [*ARGS, *extra], root / "stacked", None, STEPS)
+
+
+def stacked(runs, root, model_class=None):
+    """Each run's best checkpoint and test metrics from one stack of all of them."""
+    template = run_cli(run_args(runs[0]), run=False)
+    members = [member_of(template, run_args(run), run.name, str(root / "stacked")) for run in runs]
+    if model_class is not None:
+        for member in members:
+            member.model.__class__ = model_class
+    trainer = template.trainer
+    train_stack(
+        members,
+        steps=STEPS,
+        val_every=trainer.val_check_interval,
+        log_every=trainer.log_every_n_steps,
+        batch_size=64,
+    )
+    outcomes = {}
+    for member in members:
+        metrics = finish_member(member, root / "stacked" / member.name)
+        [checkpoint] = (root / "stacked" / member.name / "checkpoints").glob("*.ckpt")
+        outcomes[member.name] = (load_checkpoint(checkpoint), metrics)
+    return outcomes
+
+
+def solo(run, root, model_class=None):
+    """The run's best checkpoint and test metrics from its own ``binclf fit``, in a folder of its own."""
+    args = [arg.replace(str(root / "stacked"), str(root / "solo")) for arg in run_args(run)]
+    cli = run_cli(args, run=False)
+    if model_class is not None:
+        cli.model.__class__ = model_class
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
+    checkpoint = load_checkpoint(cli.trainer.checkpoint_callback.best_model_path)
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")}
+    return checkpoint, metrics
+
+
+def assert_same_run(stacked_outcome, solo_outcome) -> None:
+    (stacked_checkpoint, stacked_metrics), (solo_checkpoint, solo_metrics) = stacked_outcome, solo_outcome
+    assert (stacked_checkpoint["global_step"], stacked_checkpoint["epoch"]) == (
+        solo_checkpoint["global_step"],
+        solo_checkpoint["epoch"],
+    )
+    solo_state, stacked_state = solo_checkpoint["state_dict"], stacked_checkpoint["state_dict"]
+    assert solo_state.keys() == stacked_state.keys()
+    for name, tensor in solo_state.items():
+        torch.testing.assert_close(stacked_state[name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert stacked_metrics.keys() == solo_metrics.keys()
+    for key, value in solo_metrics.items():
+        assert round(stacked_metrics[key], 4) == round(value, 4), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_member_of_a_stack_is_its_solo_run(in_tmp, kind):
+    runs = two_runs(in_tmp, KINDS[kind])
+    together = stacked(runs, in_tmp)
+    for run in runs:
+        assert_same_run(together[run.name], solo(run, in_tmp))
+
+
+class WeightedLoss(BinaryClassifier):
+    """A user's module with its own loss: class b weighted five times."""
+
+    def sample_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        weight = torch.tensor(5.0, device=logits.device)
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="none", pos_weight=weight)
+
+
+@pytest.mark.slow
+def test_the_stack_follows_a_subclass_that_changes_the_loss(in_tmp):
+    runs = two_runs(in_tmp, [])
+    weighted = stacked(runs, in_tmp, WeightedLoss)
+    default = stacked(runs, in_tmp / "default")
+    for run in runs:
+        assert_same_run(weighted[run.name], solo(run, in_tmp, WeightedLoss))
+        moved = (
+            weighted[run.name][0]["state_dict"]["network.layers.4.bias"]
+            - default[run.name][0]["state_dict"]["network.layers.4.bias"]
+        )
+        assert moved.abs().max() > 1e-3  # the weighted loss trains another network
+
+
+class Noisy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(1, 8), nn.Dropout(0.5), nn.Linear(8, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class Normalised(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(1, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) if x.sum().item() > 0 else -self.linear(x)
+
+
+@pytest.mark.parametrize(
+    ("network", "reason"),
+    [
+        (Noisy(), "two outputs for one input"),
+        (Normalised(), "updates its buffer layers.1.running_mean in forward"),
+        (DataDependent(), "cannot run under torch.func.vmap"),
+        (ThreeLayerNet(), None),
+    ],
+    ids=["dropout", "batch norm", "data-dependent branch", "pure"],
+)
+def test_a_network_stacks_only_if_its_forward_is_pure(network, reason):
+    found = forward_problem(network, torch.randn(8, 1))
+    if reason is None:
+        assert found is None
+    else:
+        assert reason in found
+        assert "\n" not in found
