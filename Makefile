@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Re-install only when the packaging files change.
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-fast lint bench figures sweep tensorboard clean
+.PHONY: install train test test-fast lint bench figures sweep sweep-ratio tensorboard clean
 
 install: $(STAMP)
 
@@ -57,6 +57,12 @@ sweep: install
 	mkdir -p docs/sweep
 	cd lightning_logs/sweeps/applicability && cp accuracy.png llr_efficiency.png data_grid.png results.md \
 		$(CURDIR)/docs/sweep/
+
+# The same study on configs/ratio.yaml (standardized inputs, temperature calibration); into docs/sweep/ratio/.
+sweep-ratio: install
+	time $(BIN)/binclf-sweep -c configs/sweeps/ratio.yaml
+	mkdir -p docs/sweep/ratio
+	cd lightning_logs/sweeps/ratio && cp accuracy.png llr_efficiency.png results.md $(CURDIR)/docs/sweep/ratio/
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir lightning_logs

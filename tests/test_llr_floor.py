@@ -124,3 +124,31 @@ def test_classes_that_barely_overlap_leave_no_point_to_score_the_llr_and_the_sum
     out = capsys.readouterr().out
     assert not [key for key in metrics if key.startswith("test/llr_")]
     assert "llr RMSE              none: no test point lies where |llr| ≤ 4" in out
+
+
+@pytest.mark.slow
+def test_a_calibrated_logit_is_measured_against_the_floor_of_every_point_it_saw(binclf, capsys):
+    """Its scale was fitted on the validation split, so the floor counts training and validation points;
+    the training-only floor stands beside it, and the raw logit, which saw the training points only, is
+    measured against that."""
+    settings = ["--data.num_samples=10000", "--data.num_val_samples=3000", "--model.calibration=temperature"]
+    binclf("fit", *settings)
+    capsys.readouterr()
+    metrics = binclf("test", *settings).trainer.callback_metrics
+    out = capsys.readouterr().out
+    seen = logistic_llr_floor(separation=5.0, dim=1, num_per_class=13_000, band=INFORMATIVE_LLR)
+    trained = logistic_llr_floor(separation=5.0, dim=1, num_per_class=10_000, band=INFORMATIVE_LLR)
+    assert float(metrics["test/llr_floor"]) == pytest.approx(seen, rel=1e-6)
+    assert float(metrics["test/llr_floor_train"]) == pytest.approx(trained, rel=1e-6)
+    rmse, raw_rmse = float(metrics["test/llr_rmse"]), float(metrics["test/llr_rmse_raw"])
+    assert float(metrics["test/llr_efficiency"]) == pytest.approx(rmse / seen, rel=1e-6)
+    assert float(metrics["test/llr_efficiency_train_floor"]) == pytest.approx(rmse / trained, rel=1e-6)
+    assert float(metrics["test/llr_efficiency_raw"]) == pytest.approx(raw_rmse / trained, rel=1e-6)
+    assert (
+        f"llr RMSE floor        {seen:.3f}   (training and validation points; training only {trained:.3f})"
+        in out
+    )
+    assert (
+        f"efficiency            {rmse / seen:.2f}   (against the training-only floor {rmse / trained:.2f}"
+        in out
+    )

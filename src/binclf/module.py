@@ -79,7 +79,10 @@ class BinaryClassifier(LightningModule):
         self.test_llr_rmse_raw = MeanSquaredError(squared=False)
         self.test_llr_fit_raw = LinearFit()
         self._has_oracle = False
+        # The llr error of the best estimator that saw the points this logit saw (training, plus validation
+        # where a calibration was fitted there), and of one that saw the training points only.
         self._llr_floor: float | None = None
+        self._llr_floor_train: float | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[n, 1]``, calibrated where a calibration was fitted: the inference path."""
@@ -176,9 +179,13 @@ class BinaryClassifier(LightningModule):
 
     def on_test_start(self) -> None:
         datamodule = self.trainer.datamodule
-        oracle = isinstance(datamodule, InMemoryDataModule) and datamodule.has_oracle
-        self._has_oracle = oracle
-        self._llr_floor = datamodule.llr_rmse_floor()[0] if oracle else None
+        self._has_oracle = isinstance(datamodule, InMemoryDataModule) and datamodule.has_oracle
+        if not self._has_oracle:
+            self._llr_floor = self._llr_floor_train = None
+            return
+        self._llr_floor_train = datamodule.llr_rmse_floor()[0]
+        # A calibrated logit's scale was fitted on the validation split: it has seen those points too.
+        self._llr_floor = datamodule.llr_rmse_floor(with_validation=self.calibration != "none")[0]
 
     def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         """Scores one test batch: ``(features, targets)``, or ``(features, targets, llr)`` for data with an
@@ -236,9 +243,14 @@ class BinaryClassifier(LightningModule):
         self.log("test/bayes_acc", self.test_bayes_acc)
         if self._llr_floor is not None:
             self.log("test/llr_floor", self._llr_floor, sync_dist=True)
-        self._log_llr_diagnostics("", self.test_llr_rmse, self.test_llr_fit)
-        if self.calibration != "none":
-            self._log_llr_diagnostics("_raw", self.test_llr_rmse_raw, self.test_llr_fit_raw)
+        calibrated = self.calibration != "none"
+        if calibrated and self._llr_floor_train is not None:
+            self.log("test/llr_floor_train", self._llr_floor_train, sync_dist=True)
+        floors = {"": self._llr_floor} | ({"_train_floor": self._llr_floor_train} if calibrated else {})
+        self._log_llr_diagnostics("", self.test_llr_rmse, self.test_llr_fit, floors)
+        if calibrated:  # the network's own logit saw the training points only
+            raw_floor = {"": self._llr_floor_train}
+            self._log_llr_diagnostics("_raw", self.test_llr_rmse_raw, self.test_llr_fit_raw, raw_floor)
         gap, standard_error = self.test_acc_gap.compute()
         self.test_acc_gap.reset()
         # Already combined across ranks by the metric; sync_dist only averages identical values.
@@ -247,9 +259,12 @@ class BinaryClassifier(LightningModule):
         if analytic is not None:
             self.log("test/bayes_acc_analytic", analytic, sync_dist=True)
 
-    def _log_llr_diagnostics(self, suffix: str, rmse: MeanSquaredError, fit: LinearFit) -> None:
+    def _log_llr_diagnostics(
+        self, suffix: str, rmse: MeanSquaredError, fit: LinearFit, floors: dict[str, float | None]
+    ) -> None:
         """The logit against the true llr: RMSE, least-squares slope and offset, and the efficiency
-        ``rmse / floor`` where the data module knows the floor; nothing where no test point was scored."""
+        ``rmse / floor`` against each known floor (named by its key); nothing where no test point was
+        scored."""
         error = rmse.compute()
         slope, offset = fit.compute()
         rmse.reset()
@@ -262,8 +277,9 @@ class BinaryClassifier(LightningModule):
             f"test/llr_slope{suffix}": slope,
             f"test/llr_offset{suffix}": offset,
         }
-        if self._llr_floor is not None:
-            values[f"test/llr_efficiency{suffix}"] = error / self._llr_floor
+        for name, floor in floors.items():
+            if floor is not None:
+                values[f"test/llr_efficiency{suffix}{name}"] = error / floor
         self.log_dict(values, sync_dist=True)
 
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:

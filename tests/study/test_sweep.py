@@ -448,3 +448,27 @@ def test_a_signal_at_the_very_end_still_stops_the_sweep_with_its_status(
         row["status"]
         for row in read_rows(tmp_path / "lightning_logs" / "sweeps" / "ending" / "results.csv").values()
     } == {"ok"}
+
+
+def test_a_calibrated_studys_report_names_its_floor_and_keeps_the_training_only_figure(tmp_path):
+    rows = [
+        {
+            "status": "ok",
+            "seed": seed,
+            "data.scale": 0.5,
+            "data.num_samples": 1000,
+            "test/acc": 0.9,
+            "test/bayes_acc": 0.91,
+            "test/llr_rmse": 0.2,
+            "test/llr_efficiency": 1.5 + seed,
+            "test/llr_efficiency_train_floor": 0.5 + seed,
+        }
+        for seed in (0, 1)
+    ]
+    report(rows, tmp_path, "data.scale", "data.num_samples")
+    text = (tmp_path / "results.md").read_text()
+    assert "saw the cell's data, the training and validation points" in text
+    sections = text.split("\n\n")
+    assert sections[5].splitlines()[2] == "| 1,000 | 2.00 ± 0.50 |"
+    assert sections[6].startswith("The same RMSE over the training-only floor")
+    assert sections[7].splitlines()[2] == "| 1,000 | 1.00 ± 0.50 |"

@@ -205,11 +205,13 @@ class TwoGaussianDataModule(InMemoryDataModule):
         """The Bayes rule's expected accuracy, where a closed form exists (equal scales); else ``None``."""
         return self.gaussians.bayes_accuracy
 
-    def llr_rmse_floor(self) -> tuple[float | None, str]:
+    def llr_rmse_floor(self, with_validation: bool = False) -> tuple[float | None, str]:
         """The llr RMSE of the best possible estimator trained on as many points per class as the network
-        was, over the test points with |llr| ≤ 4 (:func:`binclf.data.gaussians.logistic_llr_floor`), or
+        was (and, ``with_validation``, the validation split's too, as a calibrated logit's scale was fitted
+        there), over the test points with |llr| ≤ 4 (:func:`binclf.data.gaussians.logistic_llr_floor`), or
         ``None`` and why."""
-        return self.gaussians.llr_rmse_floor(self.trained_num_samples, INFORMATIVE_LLR)
+        seen = self.trained_num_samples + (self.num_val_samples if with_validation else 0)
+        return self.gaussians.llr_rmse_floor(seen, INFORMATIVE_LLR)
 
     def _draw(self, split: int, num_per_class: int) -> LabelledData:
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(split,)))

@@ -106,9 +106,10 @@ class InMemoryDataModule(LightningDataModule):
         """The Bayes rule's expected accuracy, where a closed form exists; else ``None``."""
         return None
 
-    def llr_rmse_floor(self) -> tuple[float | None, str]:
+    def llr_rmse_floor(self, with_validation: bool = False) -> tuple[float | None, str]:
         """The llr RMSE that the best possible estimator trained on this data would make on the test points
-        (``test/llr_efficiency`` is the model's RMSE over it), or ``None`` and why there is none."""
+        (``test/llr_efficiency`` is the model's RMSE over it), or ``None`` and why there is none. With
+        ``with_validation``, the estimator has seen the validation points too, as a calibrated logit has."""
         return None, f"{type(self).__name__} knows no floor for the llr error"
 
     def grid(self, num_points: int) -> tuple[Tensor, Tensor]:

@@ -195,10 +195,33 @@ def test_summary(metrics: Mapping[str, float], calibration: str, floor_missing: 
         lines.append(line("llr slope", "test/llr_slope", "{:.3f}"))
         lines.append(line("llr offset", "test/llr_offset", "{:+.3f}"))
         if "test/llr_floor" in metrics:
-            lines.append(f"  llr RMSE floor        {value('test/llr_floor'):.3f}")
-            lines.append(line("efficiency", "test/llr_efficiency", "{:.2f}"))
+            lines += _efficiency_lines(metrics)
         else:
             lines.append(f"  efficiency            none: {floor_missing}")
     elif "test/bayes_acc" in metrics:
         lines.append(f"  llr RMSE              none: no test point lies where |llr| ≤ {INFORMATIVE_LLR:g}")
     return "\n".join(lines)
+
+
+def _efficiency_lines(metrics: Mapping[str, float]) -> list[str]:
+    """The llr floor and the efficiency against it. A calibrated logit has seen the validation points too
+    (its scale was fitted there), so its floor counts them; the training-only figures stand beside it, and
+    the network's raw logit, which saw the training points only, is measured against that floor."""
+    floor, efficiency = float(metrics["test/llr_floor"]), float(metrics["test/llr_efficiency"])
+    if "test/llr_floor_train" not in metrics:
+        lines = [f"  llr RMSE floor        {floor:.3f}", f"  efficiency            {efficiency:.2f}"]
+    else:
+        train_floor = float(metrics["test/llr_floor_train"])
+        lines = [
+            f"  llr RMSE floor        {floor:.3f}   (training and validation points; training only "
+            f"{train_floor:.3f})",
+            f"  efficiency            {efficiency:.2f}   "
+            f"(against the training-only floor {float(metrics['test/llr_efficiency_train_floor']):.2f}; "
+            f"raw logit {float(metrics['test/llr_efficiency_raw']):.2f})",
+        ]
+    if efficiency < 1:
+        lines.append(
+            "  below 1: the floor is the expected error of the best unbiased estimator over draws of the "
+            "data it saw; this logit, shrunk towards 0 by stopping early, did better on this draw"
+        )
+    return lines

@@ -129,11 +129,26 @@ def results_markdown(rows: list[dict[str, Any]], x_key: str, line_key: str | Non
             f"Error of the logit as a log-likelihood ratio, RMSE over the test points with |llr| ≤ "
             f"{INFORMATIVE_LLR:g} (nats):\n\n{rmse}"
         )
+        calibrated = any("test/llr_efficiency_train_floor" in row for row in rows)
+        seen = (
+            "the training and validation points (a calibrated logit's scale was fitted on the validation "
+            "split)"
+            if calibrated
+            else "the training points"
+        )
         sections.append(
-            "Efficiency: that RMSE over the floor, the RMSE of the best possible estimator trained on the "
-            "cell's data (1 is the best possible; —: the floor does not apply, and each run's test "
+            "Efficiency: that RMSE over the floor, the RMSE of the best possible estimator that saw the "
+            f"cell's data, {seen} (1 is the best possible; —: the floor does not apply, and each run's test "
             f"summary says why):\n\n{efficiency}"
         )
+        if calibrated:
+            train_only = markdown_table(
+                rows, x_key, line_key, "test/llr_efficiency_train_floor", mean_sd(1, 2)
+            )
+            sections.append(
+                "The same RMSE over the training-only floor, as if the validation points had not been seen "
+                f"(below 1 means they were worth something):\n\n{train_only}"
+            )
     return "\n".join(sections)
 
 
