@@ -176,7 +176,7 @@ def main() -> None:
         normal_exit = [
             sys.executable,
             "-c",
-            "import sys; from binclf.command import cli_main; cli_main(sys.argv[1:])",
+            "import sys; from binclf.main import cli_main; cli_main(sys.argv[1:])",
         ]
         for _ in range(args.rounds):
             start.append(parse_seconds(LightningCLI.subcommands) - parse_seconds(only_fit))

@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import DEFAULT_CONFIG, SMALL
 
-from binclf.command import cli_main
+from binclf.main import cli_main
 
 
 def _truncated(fitted: Path, where: Path) -> str:

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.profilers import SimpleProfiler
 
 from binclf.cli import run_cli
-from binclf.command import cli_main
+from binclf.main import cli_main
 from binclf.networks import MLP
 from binclf.workarounds import NullProfiler
 

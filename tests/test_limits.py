@@ -7,8 +7,8 @@ import sys
 import pytest
 from helpers import DEFAULT_CONFIG, SMALL
 
-from binclf.command import cli_main
 from binclf.limits import MEMORY_LIMIT_VARIABLE, memory_limit, require_memory
+from binclf.main import cli_main
 
 
 def test_the_limit_is_half_the_machines_memory_unless_set(monkeypatch):

@@ -18,7 +18,7 @@ import torch
 from helpers import DEFAULT_CONFIG, SMALL
 
 from binclf import cli
-from binclf.command import StopOnce, Terminated, cli_main
+from binclf.main import cli_main
 from binclf.runs import best_checkpoint
 from binclf.safe_io import CheckpointError, SafeCheckpointIO, load_checkpoint
 
@@ -451,23 +451,6 @@ def test_val_acc_best_is_the_running_maximum_and_carries_over_a_resume(binclf, t
     assert accuracy[4] < max(accuracy[:4])  # the first epoch after the resume is worse than the best before
     assert any(later < earlier for earlier, later in itertools.pairwise(accuracy[:4]))
     assert best == pytest.approx(list(itertools.accumulate(accuracy, max)))
-
-
-def test_a_second_signal_cannot_cut_short_the_stopping_of_a_sweep():
-    """binclf-sweep stops on the first SIGINT or SIGTERM and ends its workers; a second signal meanwhile
-    (both workers of a stopped test sweep sent one) used to escape the clean-up, and the sweep then waited
-    for workers that would never end."""
-    previous = StopOnce().install()
-    try:
-        with pytest.raises(Terminated):
-            os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler before the next bytecode
-        os.kill(os.getpid(), signal.SIGTERM)
-        os.kill(os.getpid(), signal.SIGINT)
-    finally:
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
-    with pytest.raises(KeyboardInterrupt):
-        StopOnce()(signal.SIGINT, None)
 
 
 def test_a_write_that_fails_in_a_background_thread_is_one_line_not_a_traceback(monkeypatch, capsys):

@@ -23,8 +23,8 @@ from helpers import DEFAULT_CONFIG, SMALL
 from lightning.pytorch.cli import LightningCLI
 
 from binclf import cli
-from binclf.command import cli_main
 from binclf.from_checkpoint import build_model, checked_model_settings
+from binclf.main import cli_main
 from binclf.module import BinaryClassifier
 from binclf.networks import MLP
 from binclf.safe_io import CheckpointError, load_checkpoint
@@ -333,7 +333,7 @@ def test_no_jsonargparse_call_while_the_checkpoint_is_applied(fitted, in_tmp, mo
     assert calls
     # binclf test, with the checkpoint steps recorded as the CLI calls them.
     recorded = {}
-    for name in ("load_checkpoint", "checked_model_settings", "build_model"):
+    for name in ("load_checkpoint", "checked_model_settings", "evaluated_model"):
         real = getattr(cli, name)
 
         def watched(*args, real=real, name=name, **kwargs):
@@ -344,7 +344,7 @@ def test_no_jsonargparse_call_while_the_checkpoint_is_applied(fitted, in_tmp, mo
         monkeypatch.setattr(cli, name, watched)
     cli_main(["test", "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path", str(fitted)])
     assert "Test summary" in capsys.readouterr().out
-    assert recorded == {"load_checkpoint": [], "checked_model_settings": [], "build_model": []}
+    assert recorded == {"load_checkpoint": [], "checked_model_settings": [], "evaluated_model": []}
 
 
 def test_a_crafted_file_planted_in_a_run_folder_is_refused_by_the_plain_lookup(fitted, in_tmp, capsys):

@@ -17,7 +17,7 @@ from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
 from binclf import __version__
 from binclf.cli import run_cli
-from binclf.command import cli_main
+from binclf.main import cli_main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -1,5 +1,5 @@
 """``python -m binclf``: the same command as the ``binclf`` console script."""
 
-from binclf.command import main
+from binclf.main import main
 
 main()

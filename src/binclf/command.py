@@ -1,24 +1,28 @@
-"""The ``binclf`` command around the CLI: one line for bad input, exit statuses, Ctrl-C and SIGTERM.
+"""How a ``binclf`` command ends, and the input it refuses before Lightning would: one line for bad input,
+exit statuses, Ctrl-C and SIGTERM, the clean-up after a failed run, and checks of config files and settings.
 
-The LightningCLI wiring is in :mod:`binclf.cli`; this module decides how a command ends. It imports nothing
-heavy at the top: the console scripts install the SIGTERM handler here before they import torch and
-Lightning, which takes seconds.
+The entry point is :mod:`binclf.main`, the LightningCLI wiring :mod:`binclf.cli`; both use this module, which
+uses neither. It imports nothing heavy at the top: the console scripts install the SIGTERM handler here
+before they import torch and Lightning, which takes seconds.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-import pickle
 import re
 import signal
 import sys
-import threading
 from argparse import ArgumentError
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from jsonargparse import Namespace
+
+    from binclf.runs import RunFolder
 
 EXIT_STATUS = {"Ctrl-C": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
 BAD_INPUT, DIVERGED = 2, 1
@@ -32,6 +36,11 @@ class Terminated(SystemExit):
 
 
 _sigterm_received = False
+
+
+def sigterm_received() -> bool:
+    """Whether SIGTERM has come, even if the exception it raised was swallowed on the way up."""
+    return _sigterm_received
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
@@ -48,7 +57,7 @@ def raise_on_sigterm() -> signal.Handlers | object:
     Lightning's trainer adds its own handler while it runs and calls this one after it, so a stopped
     ``fit`` still tells its DDP processes to stop before the exception unwinds the run. Where Python
     swallows the raise (in a destructor), it would print it as a traceback; the command ends with 143
-    instead (:func:`main`), so that print is left out.
+    instead (:func:`binclf.main.main`), so that print is left out.
     """
     report_unraisable = sys.unraisablehook
 
@@ -58,34 +67,6 @@ def raise_on_sigterm() -> signal.Handlers | object:
 
     sys.unraisablehook = unless_terminated
     return signal.signal(signal.SIGTERM, _raise_terminated)
-
-
-class StopOnce:
-    """A handler for SIGINT and SIGTERM that stops a process that has workers to end: the first signal
-    raises ``KeyboardInterrupt`` or :class:`Terminated`, and any later one does nothing, so that a second
-    signal (Ctrl-C pressed twice, two workers asking at once) cannot cut short the ending of the workers."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None  # the signal that stops the process, once one has come
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is not None:
-            return
-        self.received = signum
-        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-
-    @property
-    def stopped_by(self) -> str | None:
-        """``"Ctrl-C"`` or ``"SIGTERM"`` once a signal has come (the keys of ``EXIT_STATUS``)."""
-        return None if self.received is None else "SIGTERM" if self.received == signal.SIGTERM else "Ctrl-C"
-
-    def install(self) -> tuple[object, object]:
-        """Handle both signals from now on; returns the previous SIGINT and SIGTERM handlers. A SIGINT that
-        the process was started to ignore (a shell's background job) stays ignored, as Python leaves it."""
-        interrupt = signal.getsignal(signal.SIGINT)
-        if interrupt is not signal.SIG_IGN:
-            signal.signal(signal.SIGINT, self)
-        return interrupt, signal.signal(signal.SIGTERM, self)
 
 
 _STRUCTURE = ("Does not validate", "Subtypes:", "Errors:", "Given value", "Problem with given class_path")
@@ -128,86 +109,6 @@ def error_message(error: BaseException) -> str:
         reasons = [line[2:] for line in lines if line.startswith("- ") and "NoneType" not in line]
         return reasons[0] if reasons else lines[0]
     return lines[0]
-
-
-def cli_main(args: list[str] | None = None) -> None:
-    """Run one ``binclf`` command in this process; ``args`` replaces ``sys.argv[1:]``.
-
-    Bad input (a setting, a data file, a checkpoint) ends the command with one line on stderr and exit
-    status 2, a diverged run with such a line and status 1, not a traceback; ``BINCLF_DEBUG=1`` shows the
-    traceback instead.
-    """
-    from lightning.pytorch.utilities.exceptions import MisconfigurationException
-
-    from binclf.cli import run_cli
-
-    failed_writes: list[OSError] = []
-    default_hook = threading.excepthook
-
-    def background_write_failed(failure: threading.ExceptHookArgs) -> None:
-        # TensorBoard writes events from a thread of its own; on a full disk that thread dies with a
-        # traceback. The write failed: say so once, as the command's own error, not as a traceback.
-        if isinstance(failure.exc_value, OSError):
-            failed_writes.append(failure.exc_value)
-        else:
-            default_hook(failure)
-
-    threading.excepthook = background_write_failed
-    try:
-        run_cli(args)
-        if failed_writes:
-            raise failed_writes[0]
-    except (
-        ArgumentError,
-        ValueError,
-        OSError,
-        pickle.UnpicklingError,
-        FloatingPointError,
-        MisconfigurationException,
-    ) as error:
-        if os.environ.get("BINCLF_DEBUG"):
-            raise
-        print(f"binclf: error: {error_message(error)}", file=sys.stderr)
-        sys.exit(DIVERGED if isinstance(error, FloatingPointError) else BAD_INPUT)
-    except KeyboardInterrupt:  # before or after Lightning's own handling, which covers the run itself
-        print("binclf: stopped by Ctrl-C", file=sys.stderr)
-        sys.exit(EXIT_STATUS["Ctrl-C"])
-    finally:
-        threading.excepthook = default_hook
-
-
-def main() -> None:
-    """The ``binclf`` console script and ``python -m binclf``: :func:`cli_main`, then an exit that skips
-    the interpreter's teardown (:func:`binclf.workarounds.exit_without_teardown`)."""
-    raise_on_sigterm()  # from the first moment: a command stopped while it imports still exits with 143
-    if sys.stderr.isatty() and sys.argv[1:2] and not sys.argv[1].startswith("-"):
-        # Importing torch and Lightning takes seconds; a person at a terminal sees the command has begun.
-        print(f"binclf {sys.argv[1]}: starting...", file=sys.stderr, flush=True)
-    try:
-        cli_main()
-        code = EXIT_STATUS["SIGTERM"] if _sigterm_received else 0
-        if _sigterm_received:  # raised, and swallowed on the way up
-            print("binclf: stopped by SIGTERM", file=sys.stderr)
-    except Terminated:  # before the CLI could handle it: while importing
-        print("binclf: stopped by SIGTERM", file=sys.stderr)
-        code = EXIT_STATUS["SIGTERM"]
-    except SystemExit as exit_:  # a message, a status or None, as ``sys.exit`` takes them
-        if exit_.code is None or isinstance(exit_.code, int):
-            code = exit_.code or 0
-        else:
-            print(exit_.code, file=sys.stderr)
-            code = 1
-    except OSError as error:  # while importing: torch and its kin write to the temporary folder
-        print(f"binclf: error: {error}", file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:  # while importing
-        print("binclf: stopped by Ctrl-C", file=sys.stderr)
-        code = EXIT_STATUS["Ctrl-C"]
-    if "lightning" not in sys.modules:  # it never got that far: nothing heavy to tear down
-        sys.exit(code)
-    from binclf.workarounds import exit_without_teardown
-
-    exit_without_teardown(code)
 
 
 # What a config file may be: far beyond any real config, and far below what would exhaust memory or the
@@ -263,3 +164,69 @@ def check_config_text(data: bytes, path: Path) -> None:
 
     if root is not None:
         count(root, 0)
+
+
+def after_failure(error: BaseException, run: RunFolder, trainer: Any, fitting: bool) -> BaseException:
+    """Tidy up after a command that failed or was stopped, and say what is left; returns what to raise.
+
+    A folder this command created and that holds no checkpoint is removed: a config and a few events would
+    look like a finished run. One with checkpoints is kept, since it can be resumed or tested.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from binclf.monitoring.console import warn
+
+    signal_name = None
+    if isinstance(error, (Terminated, SIGTERMException)):  # Lightning's where ours is not installed
+        signal_name = "SIGTERM"
+    elif isinstance(error, KeyboardInterrupt) or (
+        isinstance(error, SystemExit) and error.code == 1 and getattr(trainer, "interrupted", False)
+    ):
+        signal_name = "Ctrl-C"  # raw, or after Lightning's graceful shutdown, which exits with 1
+    if not run.remove_if_unfinished() and run.checkpoints() and fitting:
+        epoch = f" at epoch {trainer.current_epoch}" if trainer is not None else ""
+        warn(f"the run stopped{epoch}; its checkpoints are kept in {run.path / 'checkpoints'}")
+        if signal_name is not None:
+            warn("resume it with the same command and --ckpt_path last")
+    if signal_name is not None:
+        warn(f"stopped by {signal_name}")
+        return SystemExit(EXIT_STATUS[signal_name])
+    if isinstance(error, OSError) and error.errno and error.filename is None and run.path is not None:
+        return OSError(error.errno, f"{error.strerror or error} (while writing the run {run.path})")
+    return error
+
+
+def check_settings(config: Namespace, subcommand: str | None) -> None:
+    """Settings that Lightning would accept and then fail on with a traceback, or with a message that does
+    not say which setting is wrong."""
+    import torch
+
+    if config.torch_threads < 0:
+        raise ValueError(f"--torch_threads must be 0 or more, got {config.torch_threads}")
+    trainer = config.trainer
+    every = trainer.get("check_val_every_n_epoch")
+    if every is not None and every < 1:
+        raise ValueError(f"trainer.check_val_every_n_epoch must be at least 1 (or null), got {every}")
+    for key in ("max_epochs", "max_steps"):
+        if trainer.get(key) == 0:
+            raise ValueError(f"trainer.{key} is 0: there would be nothing to train")
+    accelerator = trainer.get("accelerator")
+    gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+    if accelerator in ("gpu", "cuda") and not gpu:
+        raise ValueError(
+            f"trainer.accelerator={accelerator}, but torch finds no GPU on this machine: use "
+            "--trainer.accelerator cpu, or auto to take a GPU only where there is one"
+        )
+    if trainer.get("logger") is False:
+        saved = Path(trainer.get("default_root_dir") or ".") / "config.yaml"
+        if saved.exists():
+            raise ValueError(
+                f"with trainer.logger=false each command saves its config as {saved}, and one is there "
+                "already: give this command its own --trainer.default_root_dir, or remove that file"
+            )
+    calibration = config.model.get("calibration", "none")
+    if subcommand == "fit" and calibration != "none" and trainer.get("limit_val_batches") == 0:
+        raise ValueError(
+            f"model.calibration={calibration} is fitted on the validation split, but "
+            "trainer.limit_val_batches is 0: let validation run, or use model.calibration=none"
+        )

@@ -389,3 +389,39 @@ def _checked_callable(cls: type, settings: dict[str, Any], path: Path, key: str)
     except Exception as error:  # whatever the constructor raises on these values (fused=True on a CPU, ...)
         raise _refuse(path, f"{key}.init_args", f"do not build a {cls.__name__}: {error}") from None
     return factory
+
+
+def restore_data_state(datamodule: Any, path: Path, checkpoint: dict[str, Any]) -> None:
+    """Give ``datamodule`` the state its checkpoint's network was trained with (a table's label names and
+    statistics, the inputs' standardisation), before anything is built from the data. Lightning would
+    restore it only after ``setup`` has built the splits. A data module with state of its own needs the
+    checkpoint's: without it the network would see its inputs scaled as this config says."""
+    key = type(datamodule).__qualname__
+    if key in checkpoint:
+        datamodule.load_state_dict(checkpoint[key])
+    elif datamodule.state_dict():
+        raise CheckpointError(
+            f"checkpoint {path} has no {key} state: it does not say what its network was trained on "
+            "(how its inputs were scaled, its label names)"
+        )
+
+
+def evaluated_model(configured: Any, checked: dict[str, Any], path: Path, checkpoint: dict[str, Any]) -> Any:
+    """The model a checkpoint is evaluated with: built in Python from its ``checked`` settings, and from
+    the ``configured`` model's for any setting it does not give."""
+    names = inspect.signature(type(configured)).parameters
+    defaults = {name: getattr(configured, name) for name in names if hasattr(configured, name)}
+    return build_model(checked, checkpoint["state_dict"], type(configured), defaults, path)
+
+
+def as_config(checked: dict[str, Any]) -> dict[str, Any]:
+    """Checked settings as a parsed config holds them (``class_path`` and ``init_args``), for the record of
+    what a command ran with."""
+    from jsonargparse import Namespace
+
+    return {
+        key: Namespace(class_path=value.name, init_args=Namespace(**value.arguments))
+        if isinstance(value, ClassSettings)
+        else value
+        for key, value in checked.items()
+    }

@@ -12,7 +12,7 @@ from torchmetrics import CatMetric, MaxMetric, MeanMetric, MeanSquaredError
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalibrationError
 
 from binclf.calibration import Calibration, fit_calibration
-from binclf.data import InMemoryDataModule
+from binclf.data.contract import has_oracle
 from binclf.metrics import CALIBRATION_BINS, INFORMATIVE_LLR, LinearFit, PairedAccuracyGap
 from binclf.workarounds import built_by_lightning_cli
 
@@ -179,7 +179,7 @@ class BinaryClassifier(LightningModule):
 
     def on_test_start(self) -> None:
         datamodule = self.trainer.datamodule
-        self._has_oracle = isinstance(datamodule, InMemoryDataModule) and datamodule.has_oracle
+        self._has_oracle = has_oracle(datamodule)
         if not self._has_oracle:
             self._llr_floor = self._llr_floor_train = None
             return

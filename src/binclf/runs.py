@@ -1,5 +1,5 @@
-"""Run folders: which ``version_N`` a command logs into, which checkpoint it evaluates or resumes, and what
-it leaves behind when it fails.
+"""Run folders: which ``version_N`` a command logs into, which checkpoint it evaluates or resumes (and the
+rules for resuming), and what it leaves behind when it fails.
 
 Plain LightningCLI evaluates the untrained model when given no ``--ckpt_path`` (or ``last``), cannot resolve
 ``best`` outside the process that ran ``fit``, and lets two runs started together share a folder. Here the
@@ -9,7 +9,9 @@ the files a fit run leaves.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import re
 import shutil
 from pathlib import Path
@@ -17,8 +19,11 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_only
 
-from binclf.safe_io import load_checkpoint
+from binclf.from_checkpoint import checked_model_settings, classes_named_in, differences
+from binclf.monitoring import console
+from binclf.safe_io import CheckpointError, load_checkpoint
 
 _VERSION = re.compile(r"version_(\d+)")
 
@@ -104,6 +109,44 @@ class RunFolder:
             for name in (f"config.{command}-{n}.yaml" for n in itertools.count(1))
             if not (self.path / name).exists()
         )
+
+    def point_logger_here(self, trainer: Namespace, command: str) -> str | None:
+        """Make the configured logger log into this folder: the resumed or evaluated run's, or a
+        ``version_N`` claimed now. Returns the name to save the command's config under in a run that has
+        one already (``None``: ``config.yaml``).
+
+        Applies to Lightning's default logger and to a TensorBoardLogger or CSVLogger without a version;
+        other loggers name their own folders.
+        """
+        logger = trainer.get("logger")
+        default = logger is None or logger is True
+        if isinstance(logger, Namespace) and str(logger.get("class_path")).endswith(".TensorBoardLogger"):
+            logger.init_args.default_hp_metric = False  # binclf writes the HParams row itself
+        versioned = isinstance(logger, Namespace) and str(logger.get("class_path")).endswith(
+            (".TensorBoardLogger", ".CSVLogger")
+        )
+        unversioned = default or (versioned and logger.init_args.get("version") is None)
+        if self.root is None or not unversioned:
+            return None
+        config_name = None
+        if self.version is not None:  # a resumed run, or the run of the checkpoint evaluated
+            config_name = self.config_name("resumed" if command == "fit" else command)
+        elif rank_zero_only.rank == 0:
+            self.claim()
+        else:
+            return None  # other DDP ranks write no logs; Lightning hands them rank 0's folder
+        if default:
+            # What Lightning's default logger would be, but for the version.
+            save_dir = trainer.get("default_root_dir") or os.getcwd()
+            trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                init_args=Namespace(
+                    save_dir=str(save_dir), name=self.root.name, version=self.version, default_hp_metric=False
+                ),
+            )
+        else:
+            logger.init_args.version = self.version
+        return config_name
 
     def version_of(self, checkpoint: Path) -> int | None:
         """``N`` when ``checkpoint`` lies in ``root/version_N/checkpoints``: the run it belongs to."""
@@ -232,3 +275,37 @@ def changed_data_settings(checkpoint: dict[str, Any], data: dict[str, Any]) -> l
         for key in sorted(stored.keys() & now.keys())
         if plain(stored[key]) != plain(now[key])
     ]
+
+
+def check_resume(
+    path: Path, checkpoint: dict[str, Any], config: Namespace, model_class: type, run: RunFolder
+) -> None:
+    """``fit --ckpt_path``: a run continues in its own folder only from its ``last.ckpt``; from any other of
+    its checkpoints (``best``, an epoch file) it would rewind that run and overwrite its ``last.ckpt``, so
+    it becomes a new run. Other model settings than the checkpoint's are refused; training on other data
+    than the checkpoint's is refused unless asked for."""
+    own_classes = classes_named_in(config.as_dict())
+    trained = checked_model_settings(checkpoint.get("hyper_parameters", {}), path, model_class, own_classes)
+    configured = {}
+    for key, value in config.model.as_dict().items():
+        with contextlib.suppress(CheckpointError):  # a setting the checkpoint could not hold either
+            configured |= checked_model_settings({key: value}, path, model_class, own_classes)
+    changed_model = differences(trained, configured)
+    if changed_model:
+        raise ValueError(
+            f"--ckpt_path {path} was trained with other model settings ({'; '.join(changed_model)}): "
+            "pass the settings it was trained with"
+        )
+    version = run.version_of(path)
+    if version is not None and path.name == "last.ckpt":
+        run.resume(version)
+        console.expect_existing_checkpoints()
+    elif version is not None:
+        console.say(f"Starting a new run from {path}: only a run's last.ckpt continues in its own folder")
+    changed = changed_data_settings(checkpoint, config.data.as_dict())
+    if changed and not config.resume_with_other_data:
+        raise ValueError(
+            f"--ckpt_path {path} was trained with other data settings ({'; '.join(changed)}): "
+            "pass the settings it was trained with, or --resume_with_other_data true to train it on "
+            "this data"
+        )

@@ -14,8 +14,9 @@ from helpers import DEFAULT_CONFIG
 from binclf.cli import run_cli
 from binclf.module import BinaryClassifier
 from binclf.safe_io import load_checkpoint
+from binclf.study.plan import plan, run_args
 from binclf.study.stacked import StackedBatches, StackedClassifier, member_of, train_stack
-from binclf.study.sweep import main, plan, run_args
+from binclf.study.sweep import main
 
 # A small grid: unequal training sizes, so the members' epochs end at different steps, with short batches.
 GRID = '{"data.scale": [0.3, 1.0], "data.num_samples": [100, 150]}'

@@ -7,18 +7,20 @@ steps, with short last batches; the solo runs are ``binclf fit`` and a test of i
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import DEFAULT_CONFIG
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from binclf.cli import run_cli
 from binclf.module import BinaryClassifier
 from binclf.safe_io import load_checkpoint
+from binclf.study.plan import plan, run_args
 from binclf.study.stacked import finish_member, forward_problem, member_of, train_stack
-from binclf.study.sweep import plan, run_args
 
 STEPS = 30
 ARGS = [
@@ -26,6 +28,7 @@ ARGS = [
     "--data.num_test_samples=1000",
     "--data.batch_size=64",
     "--model.optimizer.lr=0.1",
+    "--trainer.log_every_n_steps=4",
 ]
 
 
@@ -85,7 +88,7 @@ def stacked(runs, root, model_class=None):
     for member in members:
         metrics = finish_member(member, root / "stacked" / member.name)
         [checkpoint] = (root / "stacked" / member.name / "checkpoints").glob("*.ckpt")
-        outcomes[member.name] = (load_checkpoint(checkpoint), metrics)
+        outcomes[member.name] = (load_checkpoint(checkpoint), metrics, curves(root / "stacked" / member.name))
     return outcomes
 
 
@@ -99,11 +102,20 @@ def solo(run, root, model_class=None):
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     checkpoint = load_checkpoint(cli.trainer.checkpoint_callback.best_model_path)
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")}
-    return checkpoint, metrics
+    return checkpoint, metrics, curves(Path(cli.trainer.logger.log_dir))
+
+
+def curves(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """The run's TensorBoard scalars: (step, value) of each training and validation curve."""
+    events = EventAccumulator(str(run))
+    events.Reload()
+    tags = [tag for tag in events.Tags()["scalars"] if tag.startswith(("train/", "val/"))]
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in tags}
 
 
 def assert_same_run(stacked_outcome, solo_outcome) -> None:
-    (stacked_checkpoint, stacked_metrics), (solo_checkpoint, solo_metrics) = stacked_outcome, solo_outcome
+    stacked_checkpoint, stacked_metrics, stacked_curves = stacked_outcome
+    solo_checkpoint, solo_metrics, solo_curves = solo_outcome
     assert (stacked_checkpoint["global_step"], stacked_checkpoint["epoch"]) == (
         solo_checkpoint["global_step"],
         solo_checkpoint["epoch"],
@@ -115,6 +127,12 @@ def assert_same_run(stacked_outcome, solo_outcome) -> None:
     assert stacked_metrics.keys() == solo_metrics.keys()
     for key, value in solo_metrics.items():
         assert round(stacked_metrics[key], 4) == round(value, 4), key
+    # The curves in TensorBoard too: the same steps, and values within what float arithmetic changes.
+    assert {"train/loss", "val/loss", "val/acc", "val/acc_best"} <= solo_curves.keys()
+    for tag in ("train/loss", "val/loss", "val/acc", "val/acc_best"):
+        assert [step for step, _ in stacked_curves[tag]] == [step for step, _ in solo_curves[tag]], tag
+        for (_, stacked_value), (_, solo_value) in zip(stacked_curves[tag], solo_curves[tag], strict=True):
+            assert stacked_value == pytest.approx(solo_value, rel=1e-5, abs=1e-6), tag
 
 
 @pytest.mark.slow

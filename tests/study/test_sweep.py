@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 from helpers import DEFAULT_CONFIG
 
+from binclf.command import Terminated
 from binclf.data.gaussians import normal_cdf
 from binclf.study import report as report_module
 from binclf.study import sweep
+from binclf.study.plan import finished, plan
 from binclf.study.report import efficiency_figure, report
-from binclf.study.sweep import finished, main, plan
+from binclf.study.sweep import StopOnce, main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -472,3 +474,20 @@ def test_a_calibrated_studys_report_names_its_floor_and_keeps_the_training_only_
     assert sections[5].splitlines()[2] == "| 1,000 | 2.00 ± 0.50 |"
     assert sections[6].startswith("The same RMSE over the training-only floor")
     assert sections[7].splitlines()[2] == "| 1,000 | 1.00 ± 0.50 |"
+
+
+def test_a_second_signal_cannot_cut_short_the_stopping_of_a_sweep():
+    """binclf-sweep stops on the first SIGINT or SIGTERM and ends its workers; a second signal meanwhile
+    (both workers of a stopped test sweep sent one) used to escape the clean-up, and the sweep then waited
+    for workers that would never end."""
+    previous = StopOnce().install()
+    try:
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler before the next bytecode
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    with pytest.raises(KeyboardInterrupt):
+        StopOnce()(signal.SIGINT, None)

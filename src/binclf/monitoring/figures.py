@@ -13,7 +13,8 @@ from matplotlib.image import imsave
 from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
-from binclf.data import InMemoryDataModule, LabelledData
+from binclf.data import LabelledData
+from binclf.data.contract import InMemoryData, has_oracle
 from binclf.metrics import CALIBRATION_BINS
 from binclf.monitoring.plotting import (
     data_histogram,
@@ -63,8 +64,8 @@ class DiagnosticFigures(Callback):
 
     A data module with an oracle (``has_oracle``) gets all five; one without (real data) gets the
     histogram, ROC and reliability diagram. Multi-dimensional data is drawn along the data module's
-    ``project`` coordinate, named on the axis. Data modules other than :class:`InMemoryDataModule` get none:
-    the figures need its contract.
+    ``project`` coordinate, named on the axis. A data module that is not
+    :class:`~binclf.data.contract.InMemoryData` gets the training loss only: the others draw its splits.
     """
 
     def __init__(
@@ -129,7 +130,7 @@ class DiagnosticFigures(Callback):
             steps, losses = state["steps"].numpy(), state["losses"].numpy()
             figures["training_loss"] = training_loss(steps, losses, title=title)
         datamodule = trainer.datamodule
-        if isinstance(datamodule, InMemoryDataModule):
+        if isinstance(datamodule, InMemoryData):
             train, val = datamodule.train_set, datamodule.val_set
             figures |= self._draw(trainer, pl_module, "training data", train, "validation set", val)
         self._save(trainer, figures, prefix="")
@@ -138,7 +139,7 @@ class DiagnosticFigures(Callback):
         if trainer.fast_dev_run:
             return
         datamodule = trainer.datamodule
-        if isinstance(datamodule, InMemoryDataModule):
+        if isinstance(datamodule, InMemoryData):
             test = datamodule.test_set
             figures = self._draw(trainer, pl_module, "test data", test, "test set", test)
             self._save(trainer, figures, prefix="test_")
@@ -155,12 +156,12 @@ class DiagnosticFigures(Callback):
         """Histogram ``data``; draw ROC and reliability on ``evaluation``; the names go in the titles."""
         if not trainer.is_global_zero:
             return {}
-        datamodule: InMemoryDataModule = trainer.datamodule
+        datamodule: InMemoryData = trainer.datamodule
         xlabel, settings = datamodule.projection_label, datamodule.description
         figures: dict[str, Figure] = {}
 
         boundaries = None
-        if datamodule.has_oracle:
+        if has_oracle(datamodule):
             coordinate, points = datamodule.grid(self.grid_points)
             coordinate = coordinate.numpy()
             llr = datamodule.log_likelihood_ratio(points)[:, 0].numpy()
@@ -192,7 +193,7 @@ class DiagnosticFigures(Callback):
             targets = evaluation.targets[:, 0]
             probabilities = torch.sigmoid(_logits(pl_module, datamodule.transform(evaluation.features)))[:, 0]
             curves = {"network": _roc(probabilities, targets)}
-            if datamodule.has_oracle:
+            if has_oracle(datamodule):
                 curves["Bayes rule"] = _roc(
                     datamodule.log_likelihood_ratio(evaluation.features)[:, 0], targets
                 )

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from binclf.data import InMemoryDataModule
+from binclf.data.contract import InMemoryData
 from binclf.runs import unused_path
 from binclf.safe_io import atomic_write
 
@@ -36,9 +36,10 @@ class PredictionWriter(Callback):
         self.threshold = threshold
         self.path: Path | None = None
         self._batches: list[tuple[torch.Tensor, ...]] = []
+        self._rows = 0
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._batches = []
+        self._batches, self._rows = [], 0
 
     def on_predict_batch_end(
         self,
@@ -49,7 +50,10 @@ class PredictionWriter(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        columns = (batch[1], outputs["logit"], outputs["probability"], outputs.get("raw_logit"))
+        # A data module that is not InMemoryData gives features only: its rows are numbered as they come.
+        index = batch[1] if len(batch) > 1 else torch.arange(self._rows, self._rows + len(batch[0]))
+        self._rows += len(batch[0])
+        columns = (index, outputs["logit"], outputs["probability"], outputs.get("raw_logit"))
         self._batches.append(tuple(t.detach().cpu() for t in columns if t is not None))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -62,7 +66,7 @@ class PredictionWriter(Callback):
         self._batches = []
         order = index.argsort(kind="stable")
         datamodule = trainer.datamodule
-        if isinstance(datamodule, InMemoryDataModule):
+        if isinstance(datamodule, InMemoryData):
             # The features as drawn, not as the network saw them (standardised, say).
             drawn = datamodule.predict_features[torch.from_numpy(index[order])].numpy()
             identity = datamodule.prediction_columns(index[order], drawn)

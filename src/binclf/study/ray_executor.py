@@ -62,7 +62,7 @@ def _in_task(task: list[Any], threads: int) -> list[dict[str, Any]]:
     """A task on a Ray worker: one stack or one solo run, with as many torch threads as CPUs it asked for."""
     import torch
 
-    from binclf.study.sweep import run_task
+    from binclf.study.execute import run_task
 
     torch.set_num_threads(max(1, threads))
     sys.argv = sys.argv[:1]  # each run's arguments go to the CLI directly, not through the worker's argv
@@ -126,7 +126,8 @@ def run_on_ray(
     over as many stacks as the cluster fits such tasks. A task lost with its node is tried again up to
     ``retries`` times. Stopped (Ctrl-C, SIGTERM), every task still pending is cancelled.
     """
-    from binclf.study.sweep import lost, tasks
+    from binclf.study.execute import lost
+    from binclf.study.plan import tasks
 
     ray = _import_ray()
     if address not in (None, "auto"):

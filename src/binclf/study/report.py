@@ -16,9 +16,9 @@ from matplotlib.image import imsave
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from binclf.metrics import INFORMATIVE_LLR
-from binclf.monitoring.plotting import accuracy_against_setting, to_image
+from binclf.monitoring.plotting import to_image
 from binclf.safe_io import atomic_write
-from binclf.study.sweep import value_name
+from binclf.study.plan import value_name
 
 
 def _ordered(values: list[Any]) -> list[Any]:
@@ -41,6 +41,59 @@ def _group(rows: list[dict[str, Any]], x_key: str, line_key: str | None, metric:
 def _name(value: Any) -> str:
     """A grid value for titles and tables: whole numbers with thousands separators (10,000)."""
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value_name(value)
+
+
+def accuracy_against_setting(
+    lines: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    gaps: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    bayes: tuple[np.ndarray, np.ndarray] | None,
+    analytic: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    xlabel: str,
+    title: str,
+    log_x: bool = True,
+    categories: list[str] | None = None,
+) -> Figure:
+    """Test accuracy against a setting, and below it the gap to the Bayes rule on the same test points.
+
+    ``lines[label] = (x, mean, spread)`` are drawn with error bars beside the Bayes rule measured on the
+    same test points and its analytic value, each ``(x, accuracy)``; ``gaps`` has the same form, in
+    percentage points. Lines that coincide on the accuracy scale part on the gap's; each line is also
+    shifted a little sideways, so that none hides another. With ``categories``, x is the position of each
+    named setting (0, 1, ...).
+    """
+    figure = Figure(figsize=(6.4, 6.6))
+    top = figure.add_axes((0.12, 0.42, 0.85, 0.52))
+    bottom = figure.add_axes((0.12, 0.08, 0.85, 0.26), sharex=top)
+    top.set_title(title, fontsize=10)
+    top.set_ylabel("test accuracy")
+    bottom.set_ylabel("Bayes rule − network (pp)")
+    bottom.set_xlabel(xlabel)
+    bottom.axhline(0, color="black", linewidth=1)
+
+    def shifted(x: np.ndarray, i: int) -> np.ndarray:
+        offset = 0.04 * (i - (len(lines) - 1) / 2)
+        return x * (1 + offset) if log_x else x + offset
+
+    for i, (label, (x, mean, spread)) in enumerate(lines.items()):
+        top.errorbar(shifted(x, i), mean, yerr=spread, marker="o", markersize=4, capsize=3, label=label)
+    for i, (x, mean, spread) in enumerate(gaps.values()):
+        bottom.errorbar(shifted(x, i), mean, yerr=spread, marker="o", markersize=4, capsize=3)
+    if analytic is not None:
+        top.plot(*analytic, color="black", linewidth=1, label="Bayes limit (analytic)")
+    if bayes is not None:
+        top.plot(
+            *bayes, color="black", linestyle="none", marker="x", label="Bayes rule on the same test points"
+        )
+    for axes in (top, bottom):
+        axes.grid(alpha=0.3)
+    if log_x:
+        bottom.set_xscale("log")
+    if categories is not None:
+        bottom.set_xticks(range(len(categories)), categories)
+    top.tick_params(labelbottom=False)
+    top.legend(fontsize=8)
+    return figure
 
 
 def accuracy_figure(rows: list[dict[str, Any]], x_key: str, line_key: str | None, seeds: int) -> Figure:

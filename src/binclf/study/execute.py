@@ -1,0 +1,268 @@
+"""What a sweep's worker does with one task (a stack of runs, or one run alone), on this machine or on a
+Ray node: fit and test, and record each run's outcome in its ``result.json``, whatever it is."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from binclf.command import EXIT_STATUS
+from binclf.study.plan import RESULT, Run, run_args
+
+
+def run_task(task: list[Run]) -> list[dict[str, Any]]:
+    """A stack, or one run alone: what one worker does at a time, on this machine or on a Ray node."""
+    return execute_stack(task) if len(task) > 1 else [execute(task[0])]
+
+
+def execute(run: Run) -> dict[str, Any]:
+    """Fit, then test the best checkpoint in the same process; record the outcome, whatever it is, unless
+    the sweep is being stopped: then the run is left unfinished, to be redone by the next sweep."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    # Imported here, in the worker, so the parent never loads Lightning.
+    from binclf.cli import run_cli
+    from binclf.command import error_message
+    from binclf.safe_io import atomic_write
+
+    result: dict[str, Any] = {"run": run.name, "seed": run.seed, **run.settings}
+    start = time.perf_counter()
+    log = run.directory / "output.log"
+    try:
+        shutil.rmtree(run.directory, ignore_errors=True)  # a failed or interrupted earlier attempt
+        run.directory.mkdir(parents=True)
+        with _output_to(log):
+            try:
+                cli = run_cli(run.args)
+                cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
+            except SystemExit:
+                raise  # a bad setting: the parser has printed its message, a traceback adds nothing
+            except BaseException:
+                traceback.print_exc()
+                raise
+        metrics = cli.trainer.callback_metrics
+        result |= {"status": "ok", "error": ""}
+        result |= {key: float(value) for key, value in sorted(metrics.items()) if key.startswith("test/")}
+        result["histogram"] = training_histogram(cli.datamodule)
+    except (Exception, SystemExit) as error:
+        if isinstance(error, SIGTERMException) or getattr(error, "code", None) in EXIT_STATUS.values():
+            raise  # the sweep is stopping its workers: this run is unfinished, not failed
+        result |= {"status": "failed", "error": _parse_error(log) or error_message(error)}
+    result["wall_seconds"] = round(time.perf_counter() - start, 3)
+    result["args"] = run.args
+    with contextlib.suppress(OSError):  # no run directory to write in: the parent records the result
+        atomic_write(run.directory / RESULT, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
+    return result
+
+
+def execute_stack(runs: list[Run]) -> list[dict[str, Any]]:
+    """Fit and test ``runs`` as one stack (:mod:`binclf.study.stacked`), each recorded as its solo run would
+    be; if they cannot stack (another network, a scheduler, ...), run them solo, one after the other."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from binclf.command import error_message
+    from binclf.safe_io import atomic_write
+
+    start = time.perf_counter()
+    ready, unready = [], []
+    for run in runs:
+        shutil.rmtree(run.directory, ignore_errors=True)  # a failed or interrupted earlier attempt
+        try:
+            run.directory.mkdir(parents=True)
+            ready.append(run)
+        except OSError:  # a run that cannot even have its folder fails alone, as it would solo
+            unready.append(run)
+    if len(ready) < 2:
+        return [execute(run) for run in runs]
+    if unready:
+        return execute_stack(ready) + [execute(run) for run in unready]
+    log = runs[0].directory / "output.log"  # the stack's, beside its first run's
+    try:
+        with _output_to(log):
+            try:
+                outcomes = _train_and_test_stack(runs)
+            except SystemExit:
+                raise
+            except BaseException:
+                traceback.print_exc()
+                raise
+    except (Exception, SystemExit) as error:
+        if isinstance(error, SIGTERMException) or getattr(error, "code", None) in EXIT_STATUS.values():
+            raise
+        failure = {"status": "failed", "error": _parse_error(log) or error_message(error)}
+        outcomes = [failure] * len(runs)
+    if outcomes is None:
+        return [execute(run) for run in runs]
+    seconds = round((time.perf_counter() - start) / len(runs), 3)  # the stack's time, shared by its runs
+    results = []
+    for run, outcome in zip(runs, outcomes, strict=True):
+        result = {"run": run.name, "seed": run.seed, **run.settings, **outcome}
+        result |= {"wall_seconds": seconds, "args": run.args}
+        with contextlib.suppress(OSError):
+            text = json.dumps(result, indent=1)
+            atomic_write(run.directory / RESULT, lambda tmp, text=text: tmp.write_text(text))
+        results.append(result)
+    return results
+
+
+def _train_and_test_stack(runs: list[Run]) -> list[dict[str, Any]] | None:
+    """Each run's status, error, test metrics and training histogram, or ``None`` if the runs cannot stack.
+
+    A run whose settings or data are bad fails alone, with the message its solo run would give; the others
+    are built, trained and tested as if it were not there.
+    """
+    from binclf.cli import run_cli
+    from binclf.command import error_message
+    from binclf.study.stacked import finish_member, forward_problem, member_of, stackable, train_stack
+
+    template, members, outcomes = None, {}, {}
+    for run in runs:
+        try:
+            if template is None:  # the first run that builds: the stack's settings, and its parser
+                template = run_cli(run_args(run), run=False)
+                reason = stackable(template)
+                if reason is not None:
+                    print(f"these runs train solo: {reason}")
+                    return None
+            member = member_of(template, run_args(run), run.name, str(run.directory.parent))
+            member.datamodule.setup("fit")
+            if not members:  # the network, probed on a few rows of the first member's own data
+                probe = member.datamodule.transform(member.datamodule.train_set.features[:8])
+                reason = forward_problem(member.model.network, probe)
+                if reason is not None:
+                    print(f"these runs train solo: {reason}")
+                    return None
+            members[run.name] = member
+        except Exception as error:  # as ``execute`` records a solo run that fails
+            traceback.print_exc()
+            outcomes[run.name] = {"status": "failed", "error": error_message(error)}
+    if members and len({tuple(p.shape for p in m.model.network.parameters()) for m in members.values()}) > 1:
+        print("these runs train solo: their networks differ in shape")
+        return None
+    if members:
+        trainer = template.trainer  # the solo run's trainer, as built: its settings, Lightning's defaults
+        accelerator = template.config.trainer.accelerator  # as the solo runs would use
+        train_stack(
+            list(members.values()),
+            steps=trainer.max_steps,
+            val_every=trainer.val_check_interval,
+            log_every=trainer.log_every_n_steps,
+            batch_size=next(iter(members.values())).datamodule.batch_size,
+            accelerator=accelerator,
+        )
+    for name, member in members.items():
+        if member.failure is not None:
+            outcomes[name] = {"status": "failed", "error": member.failure}
+            continue
+        try:
+            metrics = finish_member(member, Path(member.logger.log_dir), accelerator)
+        except Exception as error:
+            traceback.print_exc()
+            outcomes[name] = {"status": "failed", "error": error_message(error)}
+            continue
+        histogram = training_histogram(member.datamodule)
+        outcomes[name] = {
+            "status": "ok",
+            "error": "",
+            **dict(sorted(metrics.items())),
+            "histogram": histogram,
+        }
+    return [outcomes[run.name] for run in runs]
+
+
+def lost(task: list[Run], error: BaseException) -> list[dict[str, Any]]:
+    """The results of a task whose worker died under it."""
+    return [
+        {
+            "run": run.name,
+            "seed": run.seed,
+            **run.settings,
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+        }
+        for run in task
+    ]
+
+
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Send everything this process prints (Python and C level) to ``path`` for the duration."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("w") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _parse_error(log: Path) -> str | None:
+    """The message of a setting the CLI's parser refused (it prints usage, then ``error: ...``)."""
+    lines = [line.strip() for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    start = next((i for i in reversed(range(len(lines))) if lines[i].startswith("error:")), None)
+    if start is None:
+        return None
+    message = lines[start].removeprefix("error:").strip()
+    if message.endswith(":") and start + 1 < len(lines):  # "Parser key "data":", then the reason
+        message += " " + lines[start + 1]
+    return message
+
+
+def training_histogram(datamodule: Any, bins: int = 50) -> dict[str, list[float]] | None:
+    """Class-wise counts of the training data along the data module's plotting coordinate, for the
+    report's grid of cells: a few numbers in ``result.json`` instead of the data itself. ``None`` for a data
+    module that is not an ``InMemoryDataModule``: its data cannot be drawn."""
+    import numpy as np
+
+    from binclf.data import InMemoryDataModule
+
+    if not isinstance(datamodule, InMemoryDataModule):
+        return None
+    features, targets = datamodule.train_set
+    coordinate = datamodule.project(features).numpy()
+    value_range = datamodule.feature_range or (coordinate.min(), coordinate.max())
+    edges = np.linspace(*value_range, bins + 1)
+    labels = targets[:, 0].numpy()
+    counts = {
+        name: np.histogram(coordinate[labels == label], edges)[0] for name, label in (("a", 0), ("b", 1))
+    }
+    return {"edges": edges.tolist(), "a": counts["a"].tolist(), "b": counts["b"].tolist()}
+
+
+def worker_start(sweep: int) -> None:
+    """Set up one of the sweep's worker processes (``sweep``: the sweep's process id)."""
+    import torch
+
+    # A sweep killed outright (SIGKILL, the out-of-memory killer) cannot end its workers: they end themselves.
+    threading.Thread(target=_exit_without, args=(sweep,), daemon=True).start()
+
+    # One intra-op thread per worker: several workers share the cores, and this model is too small to gain.
+    torch.set_num_threads(1)
+    # Ctrl-C reaches every process of the terminal; the sweep's own process stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.argv = sys.argv[:1]  # each run's arguments are passed to the CLI directly, not through argv
+
+
+def _exit_without(sweep: int) -> None:
+    """End this worker once ``sweep``, the process that started it, has gone: its parent is then another."""
+    while os.getppid() == sweep:
+        time.sleep(1)
+    os._exit(1)

@@ -1,0 +1,165 @@
+"""What a study runs: every cell of its grid with every seed, as ``binclf fit`` arguments, and which of those
+runs are done already. Plain data and the standard library: the sweep's own process never loads Lightning.
+
+A run counts as done once its ``result.json`` says ``ok`` for the same arguments and its checkpoints are
+whole; running the same sweep again redoes only the missing and failed runs (and any whose settings changed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RESULT = "result.json"  # each run's outcome, in its folder
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of the grid with one seed: the CLI arguments that train and test it."""
+
+    name: str
+    settings: dict[str, Any]
+    seed: int
+    directory: Path
+    args: list[str]
+
+
+def value_name(value: Any) -> str:
+    """A grid value as it appears in run names and tables: ``0.2``, ``1`` for 1.0, ``Adam``. A float keeps
+    as many digits as it takes to tell it apart from any other (``0.2000001``)."""
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
+
+
+def plan(
+    config: str,
+    grid: dict[str, list[Any]],
+    seeds: list[int],
+    extra_args: list[str],
+    sweep_dir: Path,
+    epochs: int | None,
+    steps: int | None,
+) -> list[Run]:
+    """Every (cell, seed) of the grid, in a stable order, with the arguments for ``binclf fit``."""
+    if not grid:
+        raise ValueError("the grid is empty: give --grid or a sweep config with grid:")
+    for key, values in grid.items():
+        if not values:
+            raise ValueError(f"grid.{key} has no values")
+        names = [value_name(value) for value in values]
+        repeated = next((name for name in names if names.count(name) > 1), None)
+        if repeated is not None:
+            same = [repr(value) for value in values if value_name(value) == repeated]
+            raise ValueError(f"grid.{key} lists {' and '.join(same)}, which name the same run ({repeated})")
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed")
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"seeds lists a seed twice: {seeds}")
+    if (epochs is None) == (steps is None):
+        raise ValueError("give the budget as exactly one of epochs or steps")
+    for name, budget in [("epochs", epochs), ("steps", steps)]:
+        if budget is not None and budget < 1:
+            raise ValueError(f"{name} must be at least 1, got {budget}: every run must end")
+    if steps is not None:
+        # A fixed number of optimizer steps whatever the training size: epochs run until the steps are spent,
+        # and validation (for the best checkpoint) happens every tenth of the budget instead of every epoch.
+        budget = [
+            f"--trainer.max_steps={steps}",
+            "--trainer.max_epochs=-1",
+            "--trainer.check_val_every_n_epoch=null",
+            f"--trainer.val_check_interval={max(1, steps // 10)}",
+        ]
+    else:
+        budget = [f"--trainer.max_epochs={epochs}"]
+    runs = []
+    for values in itertools.product(*grid.values()):
+        settings = dict(zip(grid, values, strict=True))
+        for seed in seeds:
+            cell = ",".join(f"{key.split('.')[-1]}={value_name(value)}" for key, value in settings.items())
+            name = f"{cell},seed={seed}"
+            directory = sweep_dir / "runs" / name
+            args = [
+                "fit",
+                "-c",
+                config,
+                *extra_args,
+                *budget,
+                *(f"--{key}={value}" for key, value in settings.items()),
+                f"--seed_everything={seed}",
+                f"--data.seed={seed}",
+                "--torch_threads=1",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.enable_model_summary=false",
+                "--trainer.logger=TensorBoardLogger",
+                f"--trainer.logger.save_dir={directory.parent}",
+                "--trainer.logger.name=",
+                f"--trainer.logger.version={name}",
+            ]
+            runs.append(Run(name, settings, seed, directory, args))
+    clash = next((name for name, count in Counter(run.name for run in runs).items() if count > 1), None)
+    if clash is not None:
+        raise ValueError(
+            f"two grid cells would share the run folder {clash}: give the grid keys distinct ends"
+        )
+    return runs
+
+
+def run_args(run: Run) -> list[str]:
+    """The run's ``binclf fit`` arguments without the subcommand: what ``run_cli(..., run=False)`` takes."""
+    return run.args[1:]
+
+
+def tasks(runs: list[Run], workers: int, mode: str) -> list[list[Run]]:
+    """What the workers are given: with ``mode="stacked"``, the runs that share every setting but their data
+    settings and seeds, as stacks split evenly over the workers; with ``"solo"``, one run each.
+
+    The data settings that decide a network's shape or a batch's size (``data.dim``, ``data.batch_size``)
+    stay in what the runs of a stack share.
+    """
+    if mode == "solo":
+        return [[run] for run in runs]
+    shared = {"data.dim", "data.batch_size"}
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        key = tuple((k, v) for k, v in run.settings.items() if not k.startswith("data.") or k in shared)
+        groups.setdefault(key, []).append(run)
+    stacks = []
+    for group in groups.values():
+        parts = min(workers, len(group))
+        stacks += [group[i::parts] for i in range(parts)]  # round robin: stacks of equal size, mixed cells
+    return stacks
+
+
+def read_result(run: Run) -> dict[str, Any] | None:
+    """The run's ``result.json``, or ``None`` where there is none or it is not a result (damaged, say)."""
+    try:
+        recorded = json.loads((run.directory / RESULT).read_text())
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) and "status" in recorded else None
+
+
+def finished(run: Run) -> bool:
+    """Whether the run succeeded with exactly these arguments (a changed config or budget reruns it), and
+    its checkpoints are still there and whole: a result without them cannot be tested again."""
+    recorded = read_result(run)
+    if recorded is None or recorded.get("status") != "ok" or recorded.get("args") != run.args:
+        return False
+    checkpoints = list((run.directory / "checkpoints").glob("*.ckpt"))
+    return bool(checkpoints) and all(_whole(path) for path in checkpoints)
+
+
+def _whole(checkpoint: Path) -> bool:
+    """Whether a checkpoint file is a whole archive: torch saves a zip, whose every member has a checksum."""
+    try:
+        with zipfile.ZipFile(checkpoint) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return False
