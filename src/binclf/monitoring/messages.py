@@ -33,13 +33,18 @@ class CommandMessages(Callback):
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:
-            console.say(f"Validating checkpoint {self.checkpoint}")
+            self._say_checkpoint(trainer, "Validating checkpoint")
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        console.say(f"Testing checkpoint {self.checkpoint}")
+        self._say_checkpoint(trainer, "Testing checkpoint")
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        console.say(f"Predicting with checkpoint {self.checkpoint}")
+        self._say_checkpoint(trainer, "Predicting with checkpoint")
+
+    def _say_checkpoint(self, trainer: Trainer, doing: str) -> None:
+        checkpoint = self.checkpoint or trainer.ckpt_path  # the command's, or one given to the trainer
+        if checkpoint:
+            console.say(f"{doing} {checkpoint}")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         callback = trainer.checkpoint_callback

@@ -76,6 +76,10 @@ def forward_problem(network: nn.Module, features: Tensor) -> str | None:
     alone. Probed on ``features``, a few rows of the run's own data, in training mode."""
     name = type(network).__name__
     copies = [copy.deepcopy(network).train() for _ in range(2)]
+    with torch.no_grad():  # two members that differ, as a stack's do (a local stream: no global RNG drawn)
+        generator = torch.Generator().manual_seed(0)
+        for parameter in copies[1].parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator).to(parameter))
     buffers_before = {key: value.clone() for key, value in copies[0].named_buffers()}
     with torch.no_grad():
         alone, again = copies[0](features), copies[0](features)
@@ -89,14 +93,21 @@ def forward_problem(network: nn.Module, features: Tensor) -> str | None:
             parameters, buffers = stack_module_state(copies)
             # The features batched too, as in training: each member sees its own rows.
             batched = features.expand(len(copies), *features.shape)
-            stacked = vmap(lambda p, b, x: functional_call(copies[1], (p, b), (x,)))(
+            stacked = vmap(lambda p, b, x: functional_call(copies[0], (p, b), (x,)))(
                 parameters, buffers, batched
             )
+            each = [member(features) for member in copies]
     except Exception as error:  # whatever a user's forward raises under vmap
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         return f"its network, {name}, cannot run under torch.func.vmap: {first_line}"
-    if stacked.shape[1:] != alone.shape or not torch.allclose(stacked[0], alone, rtol=1e-5, atol=1e-6):
-        return f"its network, {name}, computes something else under torch.func.vmap than alone"
+    for member, output in enumerate(each):
+        if stacked.shape[1:] != output.shape or not torch.allclose(
+            stacked[member], output, rtol=1e-5, atol=1e-6
+        ):
+            return (
+                f"its network, {name}, computes something else stacked than alone "
+                "(weights held outside its parameters?)"
+            )
     return None
 
 
