@@ -7,8 +7,9 @@ and ``data.seed`` together). A calibration leaves training as it was, so each ru
 
 Prints, per lever, the test accuracy, its gap to the Bayes rule on the same points (and how many seeds
 keep it within two of its standard errors), the
-llr RMSE over |llr| ≤ 4, the efficiency (RMSE / the floor of 10,000 points per class) and the logit's
-slope against the llr: seed 0, then the mean ± sd over the seeds.
+llr RMSE over |llr| ≤ 4, the efficiency (RMSE / the floor of every point the logit saw: 10,000 per class,
+and a calibrated logit's 10,000 validation points per class too), the efficiency against the training-only
+floor, and the logit's slope against the llr: seed 0, then the mean ± sd over the seeds.
 
     python benchmarks/ratio_levers.py [--seeds 3]
 """
@@ -44,8 +45,15 @@ LEVERS = [
     ("+ standardised x + affine", "standardised x", "affine", ""),
 ]
 # (figure, decimals) and the headings they print under
-COLUMNS = [("acc", 3), ("gap", 3), ("llr_rmse", 3), ("efficiency", 2), ("llr_slope", 2)]
-HEADINGS = ["accuracy %", "Bayes − acc, pp", "llr RMSE", "efficiency", "llr slope"]
+COLUMNS = [
+    ("acc", 3),
+    ("gap", 3),
+    ("llr_rmse", 3),
+    ("efficiency", 2),
+    ("efficiency_train", 2),
+    ("llr_slope", 2),
+]
+HEADINGS = ["accuracy %", "Bayes − acc, pp", "llr RMSE", "efficiency", "eff., train floor", "llr slope"]
 
 
 def fit_and_test(inputs: str, calibration: str, seed: int, root: str) -> dict[str, float]:
@@ -69,6 +77,9 @@ def figures(metrics: dict[str, float], suffix: str) -> dict[str, float]:
         "within_2se": float(abs(gap) <= 2 * metrics["test/acc_gap_se"]),
         "llr_rmse": metrics[f"test/llr_rmse{suffix}"],
         "efficiency": metrics[f"test/llr_efficiency{suffix}"],
+        # A calibrated logit's efficiency counts the validation points; the raw logit saw the training ones.
+        "efficiency_train": metrics.get(f"test/llr_efficiency{suffix}_train_floor")
+        or metrics[f"test/llr_efficiency{suffix}"],
         "llr_slope": metrics[f"test/llr_slope{suffix}"],
     }
 
@@ -85,8 +96,11 @@ def main() -> None:
                 root = os.path.join(scratch, f"{inputs}-{calibration}-{seed}".replace(" ", "_"))
                 runs[inputs, calibration, seed] = fit_and_test(inputs, calibration, seed, root)
                 print(f"fitted and tested: {inputs}, {calibration}, seed {seed}", file=sys.stderr)
-    floor = runs["raw x", "temperature", 0]["test/llr_floor"]
-    print(f"article's data, 10,000 per class; llr RMSE floor {floor:.3f}")
+    floor, seen = (runs["raw x", "temperature", 0][key] for key in ("test/llr_floor_train", "test/llr_floor"))
+    print(
+        f"article's data, 10,000 per class; llr RMSE floor {floor:.3f} (training points), "
+        f"{seen:.3f} (and validation)"
+    )
     header = f"{'lever':<45}" + "".join(f"{name:>16}" for name in HEADINGS)
     table = {
         name: [figures(runs[inputs, calibration, seed], suffix) for seed in range(args.seeds)]
