@@ -2,12 +2,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Re-install only when the packaging files change.
+# Re-install only when the packaging files change. `make train` installs what training needs; `make test`
+# adds the dev tools (pytest, ruff) and the Ray extra that the study's cluster tests use.
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install train test test-fast lint bench figures sweep sweep-ratio tensorboard clean
+.PHONY: install install-dev train test test-fast lint bench figures sweep sweep-ratio tensorboard clean
 
 install: $(STAMP)
+install-dev: $(DEV_STAMP)
 
 # Where torch alone comes from; empty: wherever pip looks by default. See the README's Requirements, e.g.
 # make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
@@ -16,6 +19,10 @@ TORCH_INDEX ?=
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet --index-url $(TORCH_INDEX) --constraint constraints.txt torch)
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable .
+	touch $@
+
+$(DEV_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,ray]'
 	touch $@
 
@@ -23,7 +30,7 @@ train: install
 	$(BIN)/binclf fit -c configs/default.yaml
 	$(BIN)/binclf test -c configs/default.yaml
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -35,7 +42,7 @@ test-fast: lint
 	$(BIN)/pytest -m "not slow"
 
 # Speed and memory against the bare PyTorch loop, printed as tables; each script says what it measures.
-bench: install
+bench: install-dev
 	@for script in end_to_end loop_overhead scale workarounds stacked_study ratio_levers gpu; do \
 		echo "== benchmarks/$$script.py"; $(BIN)/python benchmarks/$$script.py || exit 1; done
 
