@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import subprocess
 import sys
@@ -253,3 +254,17 @@ def test_fast_dev_run_is_a_smoke_test_that_leaves_nothing_behind(binclf, tmp_pat
     binclf("fit", "--trainer.fast_dev_run=true")
     assert "fast_dev_run: nothing was saved" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []  # no figures in the working folder, no empty run folder
+
+
+def test_the_best_checkpoint_is_named_after_the_metric_it_is_chosen_by(binclf, tmp_path):
+    binclf("fit", "--trainer.max_epochs=2")
+    binclf("fit", "--trainer.max_epochs=2", "--checkpoint.monitor=val/acc", "--checkpoint.mode=max")
+    runs = tmp_path / "lightning_logs"
+    by_loss, by_accuracy = (
+        sorted(path.name for path in (runs / f"version_{n}" / "checkpoints").glob("epoch=*.ckpt"))
+        for n in (0, 1)
+    )
+    assert by_loss
+    assert all(re.fullmatch(r"epoch=\d+-step=\d+-val_loss=\d\.\d{4}\.ckpt", name) for name in by_loss)
+    assert by_accuracy
+    assert all(re.fullmatch(r"epoch=\d+-step=\d+-val_acc=\d\.\d{4}\.ckpt", name) for name in by_accuracy)

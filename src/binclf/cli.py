@@ -38,7 +38,7 @@ from binclf.monitoring.messages import command_callbacks
 from binclf.monitoring.predictions import PredictionWriter
 from binclf.monitoring.tensorboard import hparams_row, write_hparams_row
 from binclf.parser import BinclfArgumentParser
-from binclf.runs import RunFolder, check_resume, find_checkpoint, log_root
+from binclf.runs import RunFolder, check_resume, checkpoint_filename, find_checkpoint, log_root
 from binclf.safe_io import SafeCheckpointIO, load_checkpoint
 from binclf.workarounds import NullProfiler
 
@@ -86,7 +86,6 @@ class BinclfCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/loss",
                 "checkpoint.mode": "min",
-                "checkpoint.filename": "epoch={epoch}-step={step}-val_loss={val/loss:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
@@ -141,6 +140,8 @@ class BinclfCLI(LightningCLI):
         if self.checkpoint is not None:
             config.ckpt_path = str(self.checkpoint[0])
         check_settings(config, self.subcommand)
+        if config.checkpoint.get("filename") is None and config.checkpoint.get("monitor"):
+            config.checkpoint.filename = checkpoint_filename(config.checkpoint.monitor)
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         # The run's saved config keeps the logger as given, without the version this run claims below, so

@@ -43,6 +43,12 @@ def log_root(trainer: Namespace) -> Path | None:
     return Path(init_args["save_dir"]) / (init_args.get("name") or "lightning_logs")
 
 
+def checkpoint_filename(monitor: str) -> str:
+    """A best checkpoint's file name, after the metric it is chosen by: ``val/loss`` gives
+    ``epoch=3-step=316-val_loss=0.0213.ckpt``, ``val/acc`` gives ``...-val_acc=0.9937.ckpt``."""
+    return f"epoch={{epoch}}-step={{step}}-{monitor.replace('/', '_')}={{{monitor}:.4f}}"
+
+
 def run_dir(trainer: Trainer) -> Path:
     """A built trainer's run folder (``lightning_logs/version_N``) as the global-zero process knows it.
 
