@@ -13,6 +13,7 @@ import pytest
 import torch
 from lightning.pytorch.profilers import SimpleProfiler
 
+from binclf import __version__ as binclf_version
 from binclf.cli import run_cli
 from binclf.main import cli_main
 from binclf.networks import MLP
@@ -268,3 +269,13 @@ def test_the_best_checkpoint_is_named_after_the_metric_it_is_chosen_by(binclf, t
     assert all(re.fullmatch(r"epoch=\d+-step=\d+-val_loss=\d\.\d{4}\.ckpt", name) for name in by_loss)
     assert by_accuracy
     assert all(re.fullmatch(r"epoch=\d+-step=\d+-val_acc=\d\.\d{4}\.ckpt", name) for name in by_accuracy)
+
+
+def test_version_answers_without_importing_lightning():
+    """Whether Lightning was imported, from Python's own import log, not from a clock."""
+    command = [sys.executable, "-X", "importtime", "-m", "binclf", "--version"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert (result.returncode, result.stdout) == (0, f"binclf {binclf_version}\n")
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
+    assert "binclf.main" in imported
+    assert not [name for name in imported if name.split(".")[0] in ("lightning", "torch")]

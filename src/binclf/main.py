@@ -70,6 +70,11 @@ def main() -> None:
     """The ``binclf`` console script and ``python -m binclf``: :func:`cli_main`, then an exit that skips
     the interpreter's teardown (:func:`binclf.workarounds.exit_without_teardown`)."""
     raise_on_sigterm()  # from the first moment: a command stopped while it imports still exits with 143
+    if sys.argv[1:] == ["--version"]:  # answered before Lightning is imported, which takes seconds
+        from binclf import __version__
+
+        print(f"binclf {__version__}")
+        sys.exit(0)
     if sys.stderr.isatty() and sys.argv[1:2] and not sys.argv[1].startswith("-"):
         # Importing torch and Lightning takes seconds; a person at a terminal sees the command has begun.
         print(f"binclf {sys.argv[1]}: starting...", file=sys.stderr, flush=True)
