@@ -491,3 +491,35 @@ def test_a_second_signal_cannot_cut_short_the_stopping_of_a_sweep():
         signal.signal(signal.SIGTERM, previous[1])
     with pytest.raises(KeyboardInterrupt):
         StopOnce()(signal.SIGINT, None)
+
+
+def test_a_cell_with_one_seed_shows_its_value_without_a_spread(tmp_path):
+    rows = [
+        {
+            "status": "ok",
+            "seed": 0,
+            "data.scale": 0.5,
+            "data.num_samples": 1000,
+            "test/acc": 0.9,
+            "test/bayes_acc": 0.91,
+        },
+        {
+            "status": "ok",
+            "seed": 0,
+            "data.scale": 1.0,
+            "data.num_samples": 1000,
+            "test/acc": 0.8,
+            "test/bayes_acc": 0.82,
+        },
+        {
+            "status": "ok",
+            "seed": 1,
+            "data.scale": 1.0,
+            "data.num_samples": 1000,
+            "test/acc": 0.7,
+            "test/bayes_acc": 0.82,
+        },
+    ]
+    report(rows, tmp_path, "data.scale", "data.num_samples")
+    table = (tmp_path / "results.md").read_text().split("\n\n")[1].splitlines()
+    assert table[2] == "| 1,000 | 90.00 | 75.00 ± 5.00 |"

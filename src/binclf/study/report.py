@@ -169,7 +169,12 @@ def results_markdown(rows: list[dict[str, Any]], x_key: str, line_key: str | Non
     test points and, for data with an oracle, the logit's error as an llr and its efficiency."""
 
     def mean_sd(scale: float, digits: int) -> Callable[[list[float]], str]:
-        return lambda values: f"{scale * np.mean(values):.{digits}f} ± {scale * np.std(values):.{digits}f}"
+        def cell(values: list[float]) -> str:
+            mean = f"{scale * np.mean(values):.{digits}f}"
+            # One seed has no spread to show: "± 0.00" would claim one.
+            return mean if len(values) == 1 else f"{mean} ± {scale * np.std(values):.{digits}f}"
+
+        return cell
 
     bayes = ("Bayes rule", "test/bayes_acc")
     sections = [
