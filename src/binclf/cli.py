@@ -169,9 +169,9 @@ class BinclfCLI(LightningCLI):
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         scheduled = self.subcommand == "fit" and self.config["fit"].model.lr_scheduler is not None
-        evaluated_run = self.checkpoint if self.run_folder.version is not None else None
+        in_its_run = self.run_folder.version is not None
         ours, bar = command_callbacks(
-            self.subcommand, config, callbacks, scheduled, self.checkpoint, evaluated_run
+            self.subcommand, config, callbacks, scheduled, self.checkpoint, in_its_run
         )
         kwargs["callbacks"] = [*callbacks, *ours]
         if not bar:

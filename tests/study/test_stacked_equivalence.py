@@ -185,19 +185,12 @@ def test_the_stack_follows_a_subclass_that_changes_the_loss(in_tmp):
         assert moved.abs().max() > 1e-3  # the weighted loss trains another network
 
 
-class Noisy(nn.Module):
-    def __init__(self) -> None:
+class Between(nn.Module):
+    """Two linear layers with ``middle`` between them: dropout or batch norm, say."""
+
+    def __init__(self, middle: nn.Module) -> None:
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(1, 8), nn.Dropout(0.5), nn.Linear(8, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-class Normalised(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(nn.Linear(1, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+        self.layers = nn.Sequential(nn.Linear(1, 8), middle, nn.Linear(8, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -228,8 +221,8 @@ class HeldOutside(nn.Module):
     ("network", "reason"),
     [
         (HeldOutside(), "computes something else stacked than alone"),
-        (Noisy(), "two outputs for one input"),
-        (Normalised(), "updates its buffer layers.1.running_mean in forward"),
+        (Between(nn.Dropout(0.5)), "two outputs for one input"),
+        (Between(nn.BatchNorm1d(8)), "updates its buffer layers.1.running_mean in forward"),
         (DataDependent(), "cannot run under torch.func.vmap"),
         (ThreeLayerNet(), None),
     ],

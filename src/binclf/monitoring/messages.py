@@ -92,12 +92,12 @@ def command_callbacks(
     callbacks: list[Callback],
     scheduled: bool,
     checkpoint: tuple[Path, dict[str, Any]] | None,
-    evaluated_run: tuple[Path, dict[str, Any]] | None,
+    in_its_run: bool,
 ) -> tuple[list[Callback], bool]:
     """binclf's own callbacks for a command, beside the config's ``callbacks``, and whether Lightning's
     progress bar stays on: the messages; a progress bar at a terminal, a line per epoch into a log file or a
     pipe; the network's summary; the learning rate where a scheduler changes it; and for a checkpoint
-    evaluated in its own run (``evaluated_run``), its metrics logged at the step it was trained to."""
+    evaluated in its own run (``in_its_run``), its metrics logged at the step it was trained to."""
     ours: list[Callback] = [CommandMessages(checkpoint[0] if checkpoint else None)]
     bar = trainer.get("enable_progress_bar") is not False
     if bar and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -112,7 +112,7 @@ def command_callbacks(
         ours.append(console.NetworkSummary())
     if scheduled:
         ours.append(LearningRateMonitor())
-    if command in ("validate", "test") and evaluated_run is not None:
-        contents = evaluated_run[1]
+    if command in ("validate", "test") and checkpoint is not None and in_its_run:
+        contents = checkpoint[1]
         ours.append(LogAtTrainedStep(int(contents.get("global_step", 0)), int(contents.get("epoch", 0))))
     return ours, bar
