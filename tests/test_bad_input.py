@@ -64,7 +64,7 @@ def _nan_weights(checkpoint: dict) -> None:
 
 def _model_checkpoint_state(checkpoint: dict) -> dict:
     return next(
-        v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint{'monitor': 'val")
+        v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint{'monitor': 'loss/val'")
     )
 
 

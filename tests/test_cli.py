@@ -102,7 +102,7 @@ def test_network_is_rebuilt_from_the_checkpoint_not_the_config(binclf):
 def test_same_seed_gives_identical_runs(binclf, tmp_path):
     first = binclf("fit")
     second = binclf("fit")
-    for key in ("val/loss", "val/acc"):
+    for key in ("loss/val", "val/acc"):
         assert first.trainer.callback_metrics[key] == second.trainer.callback_metrics[key]
     weights = [
         torch.load(tmp_path / f"lightning_logs/version_{v}/checkpoints/last.ckpt", weights_only=True)[
@@ -133,7 +133,7 @@ def test_model_seed_changes_weights_but_not_data(binclf):
     first = binclf("fit", "--seed_everything=1")
     second = binclf("fit", "--seed_everything=2")
     assert torch.equal(first.datamodule.train_set.features, second.datamodule.train_set.features)
-    assert first.trainer.callback_metrics["val/loss"] != second.trainer.callback_metrics["val/loss"]
+    assert first.trainer.callback_metrics["loss/val"] != second.trainer.callback_metrics["loss/val"]
 
 
 def test_torch_threads_setting(binclf):
@@ -266,7 +266,7 @@ def test_the_best_checkpoint_is_named_after_the_metric_it_is_chosen_by(binclf, t
         for n in (0, 1)
     )
     assert by_loss
-    assert all(re.fullmatch(r"epoch=\d+-step=\d+-val_loss=\d\.\d{4}\.ckpt", name) for name in by_loss)
+    assert all(re.fullmatch(r"epoch=\d+-step=\d+-loss_val=\d\.\d{4}\.ckpt", name) for name in by_loss)
     assert by_accuracy
     assert all(re.fullmatch(r"epoch=\d+-step=\d+-val_acc=\d\.\d{4}\.ckpt", name) for name in by_accuracy)
 

@@ -11,13 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from helpers import DEFAULT_CONFIG, SMALL
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
 from binclf import __version__
 from binclf.cli import run_cli
 from binclf.main import cli_main
+from binclf.safe_io import load_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -40,20 +44,37 @@ def test_fit_test_and_predict_make_one_tensorboard_run(binclf, tmp_path):
     run = runs[0]
     logged = events(run)
     scalars, images = set(logged.Tags()["scalars"]), set(logged.Tags()["images"])
-    assert {"train/loss", "val/loss", "val/acc", "val/acc_best"} <= scalars
+    assert {"loss/train_step", "loss/train_epoch", "loss/val", "val/acc", "val/acc_best"} <= scalars
     assert {"test/acc", "test/bayes_acc", "test/acc_gap", "test/llr_rmse", "test/ece"} <= scalars
+    assert "epoch" not in scalars
+    assert "hp_metric" not in scalars
+    # TensorBoard shows groups (a tag's part before "/") in name order: the loss curves come first, then the
+    # article's figures.
+    groups = sorted({tag.split("/")[0] for tag in scalars | images})
+    assert groups[:2] == ["loss", "paper"]
+    assert {tag for tag in scalars | images if tag.startswith(("loss/", "paper/"))} == {
+        "loss/train_step",
+        "loss/train_epoch",
+        "loss/val",
+        "paper/fig1_data_histogram",
+        "paper/fig2_training_loss",
+    }
     assert len(logged.Scalars("test/acc")) == 2
-    # At the end of the run's curves, where the checkpoint was trained to, so TensorBoard drops no point.
-    last_step = max(event.step for event in logged.Scalars("val/loss"))
-    assert all(event.step >= last_step > 0 for event in logged.Scalars("test/acc"))
-    assert len(logged.Scalars("epoch")) > 3
-    fitted = {"training_loss", "data_histogram", "posterior", "logit_vs_llr", "roc", "reliability"}
+    # At the end of the run's curves, where the checkpoint was trained to, the figures beside the scalars.
+    last_step = max(event.step for event in logged.Scalars("loss/val"))
+    test_steps = {event.step for event in logged.Scalars("test/acc")}
+    assert len(test_steps) == 1
+    assert test_steps.pop() > last_step
+    assert {event.step for event in logged.Images("plots/test_roc")} == {
+        event.step for event in logged.Scalars("test/acc")
+    }
+    fitted = {"posterior", "logit_vs_llr", "roc", "reliability"}
     tested = {"data_histogram", "posterior", "logit_vs_llr", "roc", "reliability"}
-    article = {"training_loss", "data_histogram"}  # the article's Figures 2 and 1, shown first
-    assert {f"article/{name}" for name in article} | {
-        f"figures/{name}" for name in fitted - article
-    } <= images
-    assert {f"figures/test_{name}" for name in tested} <= images
+    assert {f"plots/{name}" for name in fitted} | {f"plots/test_{name}" for name in tested} <= images
+    fitted |= {"training_loss", "data_histogram"}
+    # predict logs nothing, and leaves no event file that TensorBoard would list as an empty run.
+    for path in run.glob("events.out.tfevents.*"):
+        assert any(event.HasField("summary") for event in EventFileLoader(str(path)).Load()), path.name
     assert {f"{name}.png" for name in fitted} | {f"test_{name}.png" for name in tested} <= {
         path.name for path in run.glob("*.png")
     }
@@ -92,25 +113,44 @@ def test_the_hparams_table_has_one_readable_row_per_fit(binclf, tmp_path):
     assert (first["calibration"].string_value, second["calibration"].string_value) == ("none", "temperature")
     assert (first["trainer.max_epochs"].number_value, second["trainer.max_epochs"].number_value) == (3, 1)
     assert first["seed_everything"].number_value == 0
+    assert first["data.standardize"].string_value == "false"  # a boolean as text, not 0.0000
+    assert "trainer.max_steps" not in first  # off (-1 to Lightning): left out, not shown as -1
     assert not [name for name in first if name.startswith("_")]  # no _instantiator
     run = events(tmp_path / "lightning_logs" / "version_0")
-    assert all(event.value >= 0 for event in run.Scalars("hp_metric"))  # no -1 placeholder
-    assert [tag for tag in run.Tags()["scalars"] if tag.startswith("lr-")] == [
-        "lr-SGD"
-    ]  # the scheduler's curve
+    assert [tag for tag in run.Tags()["scalars"] if tag.endswith("lr")] == ["train/lr"]  # the scheduler
 
 
-def test_a_fit_written_to_a_file_is_one_line_per_epoch(binclf, capsys):
+def test_the_training_loss_is_logged_per_step_and_as_each_epochs_mean(binclf, tmp_path):
+    # 3 epochs of 2,000 points (1,000 a class) in batches of 64: 32 steps each, the last of 16 points.
+    binclf("fit")
+    logged = events(tmp_path / "lightning_logs" / "version_0")
+    steps = [event.step for event in logged.Scalars("loss/train_step")]
+    assert steps == list(range(4, 96, 5))  # every log_every_n_steps (5), across epoch boundaries
+    # Every step's loss, as the article's Figure 2 draws it from the checkpoint's DiagnosticFigures state.
+    last = load_checkpoint(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    state = next(value for key, value in last["callbacks"].items() if "DiagnosticFigures" in key)
+    losses = state["losses"].reshape(3, 32)
+    sizes = torch.tensor([64.0] * 31 + [2000 - 31 * 64])
+    means = [event.value for event in logged.Scalars("loss/train_epoch")]
+    # The mean over the epoch's points, logged at its last step as Lightning logs epoch-end metrics.
+    assert [event.step for event in logged.Scalars("loss/train_epoch")] == [31, 63, 95]
+    assert means == pytest.approx(((losses * sizes).sum(dim=1) / 2000).tolist(), rel=1e-5)
+    assert means != pytest.approx(
+        losses.mean(dim=1).tolist(), rel=1e-5
+    )  # weighted: the short batch counts less
+
+
+def test_a_fit_written_to_a_file_is_one_line_per_epoch(binclf, capsys, tmp_path):
     # Under pytest the output is not a terminal, as when it goes to a log file.
     binclf("fit", "--trainer.enable_progress_bar=true", "--trainer.enable_model_summary=true")
     out = capsys.readouterr().out
     assert "%|" not in out  # no progress bar
     assert "\r" not in out
-    assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch ")] == [
-        "1/3",
-        "2/3",
-        "3/3",
-    ]
+    lines = [line.split() for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    # Each line has its own epoch's mean training loss, not the one before.
+    means = events(tmp_path / "lightning_logs" / "version_0").Scalars("loss/train_epoch")
+    assert [line[line.index("loss/train_epoch") + 1] for line in lines] == [f"{e.value:.4g}" for e in means]
     assert "Network, 4,353 trainable parameters:" in out  # the network, not the metric objects
     assert "MeanMetric" not in out
 
@@ -163,7 +203,32 @@ def test_version_help_and_the_articles_experiment_without_a_config(monkeypatch, 
     assert "torch.nn.Hardtanh" not in help_text
     with pytest.raises(SystemExit):
         run_cli(["fit", "--print_config"])
-    assert "max_epochs: 70" in capsys.readouterr().out
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["max_epochs"] == 70
+    # The logger and the progress bar in use, not Lightning's null for "its default".
+    assert printed["trainer"]["logger"]["class_path"] == "binclf.monitoring.tensorboard.RunLogger"
+    assert printed["trainer"]["logger"]["init_args"]["default_hp_metric"] is False
+    assert printed["trainer"]["enable_progress_bar"] is True
+
+
+def test_a_named_run_is_its_own_folder_and_tensorboard_run(binclf, tmp_path, capsys):
+    binclf("fit", "--run_name=ratio-seed0")
+    binclf("fit", "--trainer.max_epochs=1")
+    binclf("test", "--run_name=ratio-seed0")  # that name's latest run, not the newest fit
+    named = tmp_path / "lightning_logs" / "ratio-seed0" / "version_0"
+    assert sorted(path.name for path in (tmp_path / "lightning_logs").iterdir()) == [
+        "ratio-seed0",
+        "version_0",
+    ]
+    assert {path.name for path in named.glob("config*.yaml")} == {"config.yaml", "config.test-1.yaml"}
+    assert "test/acc" in events(named).Tags()["scalars"]
+    assert "test/acc" not in events(tmp_path / "lightning_logs" / "version_0").Tags()["scalars"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--run_name=../elsewhere"])
+    error = capsys.readouterr().err
+    assert error.startswith("binclf: error: --run_name '../elsewhere': a run name is one folder name")
+    assert len(error.splitlines()) == 1
 
 
 def test_a_terminal_sees_the_command_begin_before_torch_is_imported(tmp_path):

@@ -14,7 +14,7 @@ from helpers import DEFAULT_CONFIG, SMALL
 
 import binclf.safe_io
 from binclf.cli import run_cli
-from binclf.workarounds import built_by_lightning_cli
+from binclf.workarounds import built_by_lightning_cli, once_per_point
 
 
 def test_lightning_cli_says_when_it_builds_the_module(binclf):
@@ -73,3 +73,20 @@ def test_the_checkpoint_is_read_once_and_lightning_cli_does_not_read_it_again(fi
     run_cli(["test", "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path", str(fitted)])
     assert reads.count(str(fitted)) == 1
     assert binclf.safe_io.torch.load is counting_load  # the count saw every read binclf makes
+
+
+def test_a_mean_metric_that_lets_nan_show_still_ignores_weights():
+    from torchmetrics import MeanMetric
+
+    batches = [(torch.tensor(1.0), 64), (torch.tensor(0.0), 16)]  # a full batch, then a short last one
+    dropped = MeanMetric(nan_strategy="disable")
+    for mean, points in batches:
+        dropped.update(mean, weight=points)
+    # The torchmetrics bug once_per_point works around: when this fails, weight= works, and it can go.
+    assert dropped.compute() == pytest.approx(0.5)
+    per_point = MeanMetric(nan_strategy="disable")
+    for mean, points in batches:
+        per_point.update(once_per_point(mean, points))
+    assert per_point.compute() == pytest.approx(64 / 80)
+    per_point.update(torch.tensor(float("nan")).expand(3))
+    assert per_point.compute().isnan()  # and a NaN loss still shows

@@ -38,7 +38,15 @@ from binclf.monitoring.messages import command_callbacks
 from binclf.monitoring.predictions import PredictionWriter
 from binclf.monitoring.tensorboard import hparams_row, write_hparams_row
 from binclf.parser import BinclfArgumentParser
-from binclf.runs import RunFolder, check_resume, checkpoint_filename, find_checkpoint, log_root
+from binclf.runs import (
+    RUN_LOGGER,
+    RunFolder,
+    check_resume,
+    check_run_name,
+    checkpoint_filename,
+    find_checkpoint,
+    log_root,
+)
 from binclf.safe_io import SafeCheckpointIO, load_checkpoint
 from binclf.workarounds import NullProfiler
 
@@ -75,6 +83,13 @@ class BinclfCLI(LightningCLI):
             "0 keeps torch's choice.",
         )
         parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="name the run: it is logged into lightning_logs/<run_name>/version_N, which TensorBoard "
+            "shows as <run_name>/version_N; test, validate and predict then evaluate that name's latest run",
+        )
+        parser.add_argument(
             "--resume_with_other_data",
             type=bool,
             default=False,
@@ -84,7 +99,7 @@ class BinclfCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
-                "checkpoint.monitor": "val/loss",
+                "checkpoint.monitor": "loss/val",
                 "checkpoint.mode": "min",
                 "checkpoint.auto_insert_metric_name": False,
             }
@@ -113,7 +128,10 @@ class BinclfCLI(LightningCLI):
         if subcommand is None:
             return
         config = self.config[subcommand]
-        self.run_folder = RunFolder(log_root(config.trainer))
+        check_run_name(config.get("run_name"))
+        self.run_folder = RunFolder(log_root(config.trainer, config.get("run_name")))
+        if config.get("run_name") and self.run_folder.root is None:
+            raise ValueError("--run_name: the configured logger names its own folders; name the run there")
         if subcommand not in _EVALUATING and not config.get("ckpt_path"):
             return
         # Found, read once and checked as plain data. No parser sees the checkpoint's model settings, and
@@ -218,7 +236,12 @@ def run_cli(args: list[str] | None = None, *, run: bool = True) -> BinclfCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         # Without a config, `binclf fit` is the article's experiment: the other defaults already are.
-        trainer_defaults={"max_epochs": 70},
+        # The logger and progress bar that Lightning would choose are binclf's, and --print_config says so.
+        trainer_defaults={
+            "max_epochs": 70,
+            "logger": {"class_path": RUN_LOGGER},
+            "enable_progress_bar": True,
+        },
         auto_configure_optimizers=False,
         parser_kwargs={"prog": "binclf", "version": __version__},
         parser_class=BinclfArgumentParser,

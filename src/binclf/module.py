@@ -14,7 +14,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalib
 from binclf.calibration import Calibration, fit_calibration
 from binclf.data.contract import has_oracle
 from binclf.metrics import CALIBRATION_BINS, INFORMATIVE_LLR, LinearFit, PairedAccuracyGap
-from binclf.workarounds import built_by_lightning_cli
+from binclf.workarounds import built_by_lightning_cli, once_per_point
 
 
 class BinaryClassifier(LightningModule):
@@ -56,6 +56,7 @@ class BinaryClassifier(LightningModule):
 
         # One metric object per stage, so that no stage's state leaks into another's.
         # A NaN loss must show as NaN, not be dropped from the mean as torchmetrics does by default.
+        self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_loss = MeanMetric(nan_strategy="disable")
         self.val_acc = BinaryAccuracy()
         self.val_acc_best = MaxMetric()
@@ -78,6 +79,8 @@ class BinaryClassifier(LightningModule):
         self.test_ece_raw = BinaryCalibrationError(n_bins=CALIBRATION_BINS)
         self.test_llr_rmse_raw = MeanSquaredError(squared=False)
         self.test_llr_fit_raw = LinearFit()
+        self._epoch_loss_sum: Tensor | None = None  # this epoch's training loss, summed over its points
+        self._epoch_points = 0
         self._has_oracle = False
         # The llr error of the best estimator that saw the points this logit saw (training, plus validation
         # where a calibration was fitted there), and of one that saw the training points only.
@@ -122,19 +125,35 @@ class BinaryClassifier(LightningModule):
             # Stop at once: every later step would only spread NaN through the weights, and the checkpoints
             # saved so far (the best one included) still hold the last finite model.
             raise FloatingPointError(diverged)
-        # ``self.log`` is costly next to a step of a model this small, so call it only on the steps that the
-        # logger records (Lightning's own rule: every ``log_every_n_steps`` optimizer steps).
+        # For the epoch's mean: summed over the epoch's points here, one tensor operation that never waits
+        # on the device, and handed to the metric once an epoch, since a metric update, like ``self.log``,
+        # costs more than a step of a model this small. For the same reason the step's own loss is logged
+        # only on the steps that the logger records (Lightning's rule: every ``log_every_n_steps`` steps).
+        points = len(batch[1])
+        if self._epoch_loss_sum is None:
+            self._epoch_loss_sum = torch.zeros((), device=loss.device)
+        self._epoch_loss_sum.add_(loss.detach(), alpha=points)
+        self._epoch_points += points
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:
-            self.log("train/loss", loss, prog_bar=True)
+            self.log("loss/train_step", loss, prog_bar=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        if not self._epoch_points:
+            return
+        mean = self._epoch_loss_sum / self._epoch_points
+        self.train_loss.update(once_per_point(mean, self._epoch_points))
+        self._epoch_loss_sum, self._epoch_points = None, 0
+        # Lightning computes the metric (over every DDP rank's points) and resets it.
+        self.log("loss/train_epoch", self.train_loss)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.update_validation(*self.model_step(batch))
 
     def update_validation(self, loss: Tensor, logits: Tensor, targets: Tensor) -> None:
         """Add one batch's mean loss, raw logits and targets to this validation's metrics."""
-        self.val_loss.update(loss, weight=len(targets))
+        self.val_loss.update(once_per_point(loss, len(targets)))
         self.val_acc.update(torch.sigmoid(logits), targets)
         if self.calibration != "none":
             self.val_logits.update(logits)
@@ -151,7 +170,7 @@ class BinaryClassifier(LightningModule):
             # ever holds a model whose loss is not finite.
             raise FloatingPointError(diverged)
         # Metric objects sync across DDP ranks when computed, so every rank sees the same values.
-        values = {"val/loss": loss, "val/acc": self.val_acc.compute()}
+        values = {"loss/val": loss, "val/acc": self.val_acc.compute()}
         self.val_loss.reset()
         self.val_acc.reset()
         if self.calibration != "none":
@@ -166,14 +185,12 @@ class BinaryClassifier(LightningModule):
         if sanity_check:
             return values
         self.val_acc_best.update(values["val/acc"])
-        best = self.val_acc_best.compute()
-        # hp_metric: TensorBoard's HPARAMS tab ranks runs by this key.
-        return values | {"val/acc_best": best, "hp_metric": best}
+        return values | {"val/acc_best": self.val_acc_best.compute()}
 
     def on_validation_epoch_end(self) -> None:
         values = self.compute_validation(self.current_epoch, sanity_check=self.trainer.sanity_checking)
         # The values are already the same on every rank; sync_dist only averages identical numbers.
-        shown = {key: values.pop(key) for key in ("val/loss", "val/acc")}
+        shown = {key: values.pop(key) for key in ("loss/val", "val/acc")}
         self.log_dict(shown, prog_bar=True, sync_dist=True)
         self.log_dict(values, sync_dist=True)
 
@@ -195,13 +212,13 @@ class BinaryClassifier(LightningModule):
         _require_finite(logits, "test", batch_idx)
         loss = self.sample_losses(logits, targets).mean()
         probabilities = torch.sigmoid(logits)
-        self.test_loss.update(loss, weight=len(targets))
+        self.test_loss.update(once_per_point(loss, len(targets)))
         self.test_acc.update(probabilities, targets)
         self.test_auroc.update(probabilities, targets)
         self.test_ece.update(probabilities, targets)
         self.test_brier.update(probabilities, targets)
         if self.calibration != "none":
-            self.test_loss_raw.update(raw_loss, weight=len(targets))
+            self.test_loss_raw.update(once_per_point(raw_loss, len(targets)))
             self.test_acc_raw.update(torch.sigmoid(raw_logits), targets)
             self.test_ece_raw.update(torch.sigmoid(raw_logits), targets)
         if not self._has_oracle:
@@ -327,7 +344,11 @@ class BinaryClassifier(LightningModule):
         # ``monitor`` matters only to schedulers that react to a metric, such as ReduceLROnPlateau.
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "monitor": "val/loss"},
+            "lr_scheduler": {
+                "scheduler": self.lr_scheduler(optimizer),
+                "monitor": "loss/val",
+                "name": "train/lr",
+            },
         }
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import re
 import shutil
 from pathlib import Path
@@ -26,26 +25,44 @@ from binclf.monitoring import console
 from binclf.safe_io import CheckpointError, load_checkpoint
 
 _VERSION = re.compile(r"version_(\d+)")
+RUN_LOGGER = "binclf.monitoring.tensorboard.RunLogger"  # binclf's default logger
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*")
 
 
-def log_root(trainer: Namespace) -> Path | None:
-    """Where the configured logger keeps its ``version_N`` runs, read from the config before it is built;
-    ``None`` for a logger that names its own folders, or none."""
+def check_run_name(run_name: str | None) -> None:
+    """A run name is one folder name, and not one that binclf's own run folders take."""
+    if run_name is not None and (not _RUN_NAME.fullmatch(run_name) or _VERSION.fullmatch(run_name)):
+        raise ValueError(
+            f"--run_name {run_name!r}: a run name is one folder name of letters, digits and . _ = , + - "
+            "(not starting with one of those signs), other than version_N"
+        )
+
+
+def log_root(trainer: Namespace, run_name: str | None = None) -> Path | None:
+    """Where the configured logger keeps its ``version_N`` runs, read from the config before it is built
+    (under ``run_name`` when there is one); ``None`` for a logger that names its own folders, or none."""
     logger = trainer.get("logger")
     default_root = Path(trainer.get("default_root_dir") or ".")
-    if logger is None or logger is True:  # Lightning's default: a TensorBoardLogger in default_root_dir
-        return default_root / "lightning_logs"
     if isinstance(logger, list):
         logger = logger[0] if logger else None
-    init_args = logger.get("init_args") if isinstance(logger, (dict, Namespace)) else None
-    if not init_args or not init_args.get("save_dir"):
+    if logger is None or logger is True:  # Lightning's default, which binclf makes a RunLogger
+        base = default_root / "lightning_logs"
+    elif not isinstance(logger, (dict, Namespace)):
         return None
-    return Path(init_args["save_dir"]) / (init_args.get("name") or "lightning_logs")
+    else:
+        init_args = logger.get("init_args") or {}
+        save_dir = init_args.get("save_dir") or (
+            default_root if logger.get("class_path") == RUN_LOGGER else None
+        )
+        if not save_dir:
+            return None
+        base = Path(save_dir) / (init_args.get("name") or "lightning_logs")
+    return base / run_name if run_name else base
 
 
 def checkpoint_filename(monitor: str) -> str:
-    """A best checkpoint's file name, after the metric it is chosen by: ``val/loss`` gives
-    ``epoch=3-step=316-val_loss=0.0213.ckpt``, ``val/acc`` gives ``...-val_acc=0.9937.ckpt``."""
+    """A best checkpoint's file name, after the metric it is chosen by: ``loss/val`` gives
+    ``epoch=3-step=316-loss_val=0.0213.ckpt``, ``val/acc`` gives ``...-val_acc=0.9937.ckpt``."""
     return f"epoch={{epoch}}-step={{step}}-{monitor.replace('/', '_')}={{{monitor}:.4f}}"
 
 
@@ -125,14 +142,16 @@ class RunFolder:
         other loggers name their own folders.
         """
         logger = trainer.get("logger")
-        default = logger is None or logger is True
-        if isinstance(logger, Namespace) and str(logger.get("class_path")).endswith(".TensorBoardLogger"):
+        if logger is None or logger is True:  # Lightning's default logger, as binclf's
+            logger = trainer.logger = Namespace(class_path=RUN_LOGGER, init_args=Namespace())
+        if not isinstance(logger, Namespace):
+            return None
+        logger.init_args = logger.get("init_args") or Namespace()
+        class_path = str(logger.get("class_path"))
+        if class_path == RUN_LOGGER or class_path.endswith(".TensorBoardLogger"):
             logger.init_args.default_hp_metric = False  # binclf writes the HParams row itself
-        versioned = isinstance(logger, Namespace) and str(logger.get("class_path")).endswith(
-            (".TensorBoardLogger", ".CSVLogger")
-        )
-        unversioned = default or (versioned and logger.init_args.get("version") is None)
-        if self.root is None or not unversioned:
+        versioned = class_path == RUN_LOGGER or class_path.endswith((".TensorBoardLogger", ".CSVLogger"))
+        if self.root is None or not versioned or logger.init_args.get("version") is not None:
             return None
         config_name = None
         if self.version is not None:  # a resumed run, or the run of the checkpoint evaluated
@@ -141,17 +160,12 @@ class RunFolder:
             self.claim()
         else:
             return None  # other DDP ranks write no logs; Lightning hands them rank 0's folder
-        if default:
-            # What Lightning's default logger would be, but for the version.
-            save_dir = trainer.get("default_root_dir") or os.getcwd()
-            trainer.logger = Namespace(
-                class_path="lightning.pytorch.loggers.TensorBoardLogger",
-                init_args=Namespace(
-                    save_dir=str(save_dir), name=self.root.name, version=self.version, default_hp_metric=False
-                ),
-            )
-        else:
-            logger.init_args.version = self.version
+        # root is save_dir/name, and under a run name one level deeper. Where neither the logger nor the
+        # trainer names a folder, the current one, as a full path, as Lightning's default logger has it.
+        named = logger.init_args.get("save_dir") or trainer.get("default_root_dir")
+        logger.init_args.save_dir = str(self.root.parent if named else self.root.parent.absolute())
+        logger.init_args.name = self.root.name
+        logger.init_args.version = self.version
         return config_name
 
     def version_of(self, checkpoint: Path) -> int | None:

@@ -1,4 +1,4 @@
-"""Every place where binclf relies on a library internal, in one module.
+"""Every place where binclf relies on a library internal, or works around a library's bug, in one module.
 
 Each workaround here is kept because it buys behaviour, or a measured saving (``benchmarks/workarounds.py``),
 and each has a test in ``tests/test_workarounds.py`` that fails when the internal it relies on changes. The
@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.profilers import PassThroughProfiler
+from torch import Tensor
 
 
 def built_by_lightning_cli() -> bool:
@@ -28,6 +29,17 @@ def built_by_lightning_cli() -> bool:
     says which case it is only through the private context variable ``_given_hyperparameters``.
     """
     return _given_hyperparameters.get() is not None
+
+
+def once_per_point(batch_mean: Tensor, points: int) -> Tensor:
+    """``batch_mean`` once for each of a batch's ``points``: what a ``MeanMetric(nan_strategy="disable")``
+    must be given for a mean over points rather than over batches (behaviour, not speed).
+
+    That strategy, which lets a NaN show and never waits on the device to look for one, drops ``weight=``
+    and weighs every update alike (torchmetrics 1.9, Lightning-AI/torchmetrics#3434); a short last batch
+    would count as much as a full one. ``expand`` copies nothing.
+    """
+    return batch_mean.expand(points)
 
 
 def exit_without_teardown(code: int) -> NoReturn:

@@ -125,7 +125,7 @@ def curves(run: Path) -> dict[str, list[tuple[int, float]]]:
     """The run's TensorBoard scalars: (step, value) of each training and validation curve."""
     events = EventAccumulator(str(run))
     events.Reload()
-    tags = [tag for tag in events.Tags()["scalars"] if tag.startswith(("train/", "val/"))]
+    tags = [tag for tag in events.Tags()["scalars"] if tag.startswith(("loss/", "train/", "val/"))]
     return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in tags}
 
 
@@ -144,8 +144,14 @@ def assert_same_run(stacked_outcome, solo_outcome) -> None:
     for key, value in solo_metrics.items():
         assert round(stacked_metrics[key], 4) == round(value, 4), key
     # The curves in TensorBoard too: the same steps, and values within what float arithmetic changes.
-    assert {"train/loss", "val/loss", "val/acc", "val/acc_best"} <= solo_curves.keys()
-    for tag in ("train/loss", "val/loss", "val/acc", "val/acc_best"):
+    assert {
+        "loss/train_step",
+        "loss/train_epoch",
+        "loss/val",
+        "val/acc",
+        "val/acc_best",
+    } <= solo_curves.keys()
+    for tag in ("loss/train_step", "loss/train_epoch", "loss/val", "val/acc", "val/acc_best"):
         assert [step for step, _ in stacked_curves[tag]] == [step for step, _ in solo_curves[tag]], tag
         for (_, stacked_value), (_, solo_value) in zip(stacked_curves[tag], solo_curves[tag], strict=True):
             assert stacked_value == pytest.approx(solo_value, rel=1e-4, abs=1e-6), tag

@@ -67,8 +67,8 @@ def quiet_inapplicable_messages() -> None:
     warnings.filterwarnings("ignore", message=r".*The dirpath has changed from")
     # Of binclf's two ModelCheckpoints the first is the one that tracks the best model, as "best" expects.
     warnings.filterwarnings("ignore", message=r".*configured with multiple `ModelCheckpoint` callbacks")
-    # train/loss is logged every log_every_n_steps optimizer steps across epoch boundaries, so short epochs
-    # lose no points of the curve.
+    # loss/train_step is logged every log_every_n_steps optimizer steps across epoch boundaries, so short
+    # epochs lose no points of the curve.
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval")
     # binclf names the checkpoint it evaluates, and says how a fit ended, itself.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
@@ -143,12 +143,32 @@ class TimedProgressBar(TQDMProgressBar):
 
 class EpochLines(Callback):
     """Instead of a progress bar, when the output is not a terminal (a log file, a pipe): one line per
-    epoch with the epoch's metrics, which reads well in a file."""
+    epoch with the epoch's metrics, which reads well in a file.
+
+    The line is written once the epoch has closed, as the next one starts or training ends: Lightning
+    calls the module's ``on_train_epoch_end``, which logs the epoch's mean training loss, after the
+    callbacks' own.
+    """
+
+    def __init__(self) -> None:
+        self._closed: tuple[int, int] | None = None  # the epoch (from 1) and step of one not yet shown
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._closed = trainer.current_epoch + 1, trainer.global_step
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._say(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._say(trainer)
+
+    def _say(self, trainer: Trainer) -> None:
+        if self._closed is None:
+            return
+        (epoch, step), self._closed = self._closed, None
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if "/" in key}
         shown = "  ".join(f"{key} {value:.4g}" for key, value in sorted(metrics.items()))
-        say(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  step {trainer.global_step}  {shown}")
+        say(f"epoch {epoch}/{trainer.max_epochs}  step {step}  {shown}")
 
 
 class NetworkSummary(ModelSummary):

@@ -25,6 +25,7 @@ from binclf.monitoring.plotting import (
     to_image,
     training_loss,
 )
+from binclf.monitoring.tensorboard import logged_step
 from binclf.runs import run_dir
 from binclf.safe_io import atomic_write
 
@@ -45,15 +46,17 @@ def _sign_changes(coordinate: np.ndarray, values: np.ndarray) -> np.ndarray:
     return coordinate[i] - values[i] * (coordinate[i + 1] - coordinate[i]) / (values[i + 1] - values[i])
 
 
-# The article's Figure 1 and Figure 2, as fit draws them.
-_THE_ARTICLES = ("data_histogram", "training_loss")
+# The article's Figure 1 and Figure 2, as fit draws them. TensorBoard shows groups of tags in name order:
+# the loss curves (``loss/``) first, then these (``paper/``), then the others (``plots/``).
+_THE_ARTICLES = {"data_histogram": "paper/fig1_data_histogram", "training_loss": "paper/fig2_training_loss"}
 
 
 class DiagnosticFigures(Callback):
     """Figures at the end of ``fit`` and of ``test``, as TensorBoard images and PNG files in the run
-    directory: ``figures/<name>`` and ``<name>.png`` after fit (the article's two figures as
-    ``article/<name>``, which TensorBoard shows first), ``figures/test_<name>`` and ``test_<name>.png``
-    after test, so that a run tested after it was fitted keeps both:
+    directory: ``plots/<name>`` and ``<name>.png`` after fit (the article's two figures as
+    ``paper/fig1_data_histogram`` and ``paper/fig2_training_loss``, which TensorBoard shows right after the
+    loss curves), ``plots/test_<name>`` and ``test_<name>.png`` after test, so that a run tested after it was
+    fitted keeps both:
 
     - ``training_loss`` (after fit): the article's Figure 2, the loss of every optimizer step on a log axis;
     - ``data_histogram``: the article's Figure 1 (training data after fit, test data after test), with the
@@ -211,18 +214,17 @@ class DiagnosticFigures(Callback):
     def _save(trainer: Trainer, figures: dict[str, Figure], prefix: str) -> None:
         if not figures:
             return
+        step = logged_step(trainer)  # a test's figures beside its scalars, at the step it was trained to
         directory = run_dir(trainer)
         directory.mkdir(parents=True, exist_ok=True)
         for name, figure in figures.items():
             image = to_image(figure)
             path = directory / f"{prefix}{name}.png"
             atomic_write(path, lambda tmp, pixels=image: imsave(tmp, pixels, format="png"))
-            # The article's two figures of a fit first: TensorBoard shows groups of tags in name order.
-            group = "article" if not prefix and name in _THE_ARTICLES else "figures"
+            tag = _THE_ARTICLES.get(name, f"plots/{name}") if not prefix else f"plots/{prefix}{name}"
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
-                    tag = f"{group}/{prefix}{name}"
-                    logger.experiment.add_image(tag, image, trainer.global_step, dataformats="HWC")
+                    logger.experiment.add_image(tag, image, step, dataformats="HWC")
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:

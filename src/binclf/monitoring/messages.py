@@ -114,5 +114,5 @@ def command_callbacks(
         ours.append(LearningRateMonitor())
     if command in ("validate", "test") and checkpoint is not None and in_its_run:
         contents = checkpoint[1]
-        ours.append(LogAtTrainedStep(int(contents.get("global_step", 0)), int(contents.get("epoch", 0))))
+        ours.append(LogAtTrainedStep(int(contents.get("global_step", 0))))
     return ours, bar

@@ -1,5 +1,10 @@
-"""What TensorBoard's HParams tab shows of a run: one row per fit, with its settings under readable names.
+"""What TensorBoard shows of a run: its scalars and images by step, and one HParams row per fit.
 
+binclf's logger is Lightning's TensorBoardLogger less two things TensorBoard shows as noise: the ``epoch``
+counter Lightning adds to every logged batch of scalars (a card of its own, and a column in HParams), and
+the empty event file a command that logs nothing (``predict``) would leave.
+
+The HParams row:
 Lightning's own row would list every constructor argument as LightningCLI saved it (``_instantiator``,
 nested class paths), and every ``test`` or ``predict`` would add a row of its own with a placeholder metric.
 binclf writes one row per fit instead, and no experiment summary: TensorBoard then offers every scalar of
@@ -8,28 +13,78 @@ the run as a column, test metrics included once ``binclf test`` has logged them 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
+
+_EVENT_FILES = "events.out.tfevents.*"
+
+
+class RunLogger(TensorBoardLogger):
+    """Lightning's TensorBoardLogger, without the ``epoch`` scalar and without empty event files.
+
+    ``save_dir`` left out is the trainer's ``default_root_dir`` (binclf fills it in), as for Lightning's
+    default logger. ``default_hp_metric`` is off: binclf writes each fit's HParams row itself.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | None = None,
+        name: str | None = "lightning_logs",
+        default_hp_metric: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(save_dir or ".", name, default_hp_metric=default_hp_metric, **kwargs)
+        self._files_before: set[Path] | None = None
+
+    @property
+    def experiment(self) -> SummaryWriter:
+        if self._files_before is None:  # before the writer, and its event file, is created
+            self._files_before = set(Path(self.log_dir).glob(_EVENT_FILES))
+        return super().experiment
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        # Lightning adds the epoch to every batch of scalars it logs during fit: the step says where a point
+        # lies, and an epoch counter drawn as a curve, and offered as a column in HParams, is noise.
+        super().log_metrics({key: value for key, value in metrics.items() if key != "epoch"}, step)
+
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        # Lightning creates the writer, and its event file, at the start of every command; one that logged
+        # nothing (``predict``) would leave a file that TensorBoard lists as a run with no data.
+        if self._files_before is None:
+            return
+        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader  # only here
+
+        for path in set(Path(self.log_dir).glob(_EVENT_FILES)) - self._files_before:
+            if not any(event.HasField("summary") for event in EventFileLoader(str(path)).Load()):
+                path.unlink()
 
 
 def _short(class_path: str) -> str:
     return class_path.rsplit(".", 1)[-1]
 
 
-def _value(value: Any) -> bool | int | float | str:
-    return value if isinstance(value, (bool, int, float, str)) else str(value)
+def _value(value: Any) -> int | float | str:
+    """A setting as TensorBoard's HParams tab shows it well: numbers as numbers, everything else as text
+    (a boolean as ``true``/``false``, which it would show as 0.0000 and 1.0000)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, (int, float, str)) else str(value)
 
 
-def hparams_row(config: Namespace, model_hparams: dict[str, Any]) -> dict[str, bool | int | float | str]:
+def hparams_row(config: Namespace, model_hparams: dict[str, Any]) -> dict[str, int | float | str]:
     """The settings that tell one fit from another, flat: the data class and every data setting, the
     network's class and sizes, the optimizer's and scheduler's class and the arguments they were given
-    (none, ``False`` and zero are left out), the logit's calibration, the budget and the seeds."""
+    (none, ``False`` and zero are left out), the logit's calibration, the budget and the seed. A setting that
+    is off (``None``, or ``-1`` for an unlimited budget) is left out, not shown as a placeholder."""
     data = config.data
-    row: dict[str, bool | int | float | str] = {"data": _short(data.class_path)}
+    row: dict[str, int | float | str] = {"data": _short(data.class_path)}
     row |= {f"data.{key}": _value(value) for key, value in data.init_args.items() if value is not None}
     for part in ("network", "optimizer", "lr_scheduler"):
         spec = model_hparams.get(part)
@@ -41,13 +96,15 @@ def hparams_row(config: Namespace, model_hparams: dict[str, Any]) -> dict[str, b
             if value not in (None, False, 0)
         }
     row["calibration"] = model_hparams.get("calibration", "none")
-    row["trainer.max_epochs"] = config.trainer.max_epochs if config.trainer.max_epochs is not None else -1
-    row["trainer.max_steps"] = config.trainer.max_steps
-    row["seed_everything"] = _value(config.seed_everything)
+    for budget in ("max_epochs", "max_steps"):
+        if config.trainer.get(budget) not in (None, -1):
+            row[f"trainer.{budget}"] = config.trainer[budget]
+    if config.get("seed_everything") is not None:
+        row["seed_everything"] = _value(config.seed_everything)
     return row
 
 
-def write_hparams_row(loggers: list[Logger], row: dict[str, bool | int | float | str]) -> None:
+def write_hparams_row(loggers: list[Logger], row: dict[str, int | float | str]) -> None:
     """Start the run's HParams session with ``row``, in each of ``loggers`` that is a TensorBoard logger."""
     _, session_start, _ = hparams(row, {})
     for logger in loggers:
@@ -56,24 +113,28 @@ def write_hparams_row(loggers: list[Logger], row: dict[str, bool | int | float |
 
 
 class LogAtTrainedStep(Callback):
-    """Log a checkpoint's test or validation metrics at the step and epoch it was trained to.
+    """Log a checkpoint's test or validation metrics, and its test figures, at the step it was trained to.
 
     In a fresh ``test`` process Lightning's step counter is 0, so the metrics would land at step 0 of a run
-    whose curves end at, say, step 5530; TensorBoard takes a step that goes back for a restarted run and
-    drops that tag's later points (Lightning's ``epoch`` curve, here). Logged at the trained step, the test
-    metrics sit at the end of the run's curves and nothing is dropped. Lightning takes a metric named
-    ``step`` as the step to log at.
+    whose curves end at, say, step 5530. Logged at the trained step, they sit at the end of the run's curves.
+    Lightning takes a metric named ``step`` as the step to log at.
     """
 
-    def __init__(self, step: int, epoch: int) -> None:
+    def __init__(self, step: int) -> None:
         self.step = step
-        self.epoch = epoch
 
     def _log(self, pl_module: LightningModule) -> None:
-        pl_module.log_dict({"step": float(self.step), "epoch": float(self.epoch)})
+        pl_module.log("step", float(self.step))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._log(pl_module)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._log(pl_module)
+
+
+def logged_step(trainer: Trainer) -> int:
+    """The step a command's logs belong at: the trained step of the checkpoint it evaluates in its own run,
+    else the trainer's own."""
+    steps = [callback.step for callback in trainer.callbacks if isinstance(callback, LogAtTrainedStep)]
+    return steps[0] if steps else trainer.global_step

@@ -97,7 +97,7 @@ def plan(
                 "--torch_threads=1",
                 "--trainer.enable_progress_bar=false",
                 "--trainer.enable_model_summary=false",
-                "--trainer.logger=TensorBoardLogger",
+                "--trainer.logger=binclf.monitoring.tensorboard.RunLogger",
                 f"--trainer.logger.save_dir={directory.parent}",
                 "--trainer.logger.name=",
                 f"--trainer.logger.version={name}",

@@ -41,7 +41,6 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -49,7 +48,10 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from binclf.data import InMemoryDataModule
 from binclf.data.batches import EpochBatchSampler
 from binclf.module import BinaryClassifier
-from binclf.monitoring.tensorboard import LogAtTrainedStep, hparams_row, write_hparams_row
+from binclf.monitoring.tensorboard import LogAtTrainedStep, RunLogger, hparams_row, write_hparams_row
+from binclf.runs import checkpoint_filename
+
+MONITOR = "loss/val"  # a member's best checkpoint is chosen by it, as binclf fit's by default
 
 
 @dataclass
@@ -60,7 +62,7 @@ class Member:
     name: str
     datamodule: InMemoryDataModule
     model: BinaryClassifier
-    logger: TensorBoardLogger
+    logger: RunLogger
     hparams_row: dict[str, Any]
     steps_per_epoch: int = 0
     best_loss: float = math.inf
@@ -68,6 +70,7 @@ class Member:
     best_state: dict[str, Tensor] = field(default_factory=dict)  # the whole module's, as a checkpoint's
     failure: str | None = None
     validations: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # step, logged values
+    epoch_losses: list[tuple[int, float]] = field(default_factory=list)  # last step of an epoch, its mean
 
 
 def forward_problem(network: nn.Module, features: Tensor) -> str | None:
@@ -242,6 +245,10 @@ class StackedClassifier(LightningModule):
         self.val_every, self.log_every, self.batch_size, self.steps = val_every, log_every, batch_size, steps
         self.schedulers: list[Any] = []
         self.train_losses: list[tuple[int, list[float]]] = []  # numbers: kept tensors would pin freed memory
+        # Each member's loss summed over its rows, and its rows counted, since its epoch began: its epoch's
+        # mean, as the solo run's ``train_loss`` metric takes it (batch means weighted by batch size).
+        self.epoch_loss_sums = torch.zeros(len(self.members))
+        self.epoch_rows = torch.zeros(len(self.members))
 
     def member_outputs(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Every member's logits and per-sample losses, ``[K, n, 1]``, in the stack's order."""
@@ -264,6 +271,9 @@ class StackedClassifier(LightningModule):
                 )
         if (batch_idx + 1) % self.log_every == 0:
             self.train_losses.append((batch_idx, losses.detach().tolist()))
+        rows = mask.sum(dim=1)
+        self.epoch_loss_sums += losses.detach() * rows
+        self.epoch_rows += rows
         optimizers = self.optimizers(use_pl_optimizer=False)
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         for optimizer in optimizers:
@@ -274,13 +284,30 @@ class StackedClassifier(LightningModule):
         for optimizer in optimizers:
             optimizer.step()
         step = batch_idx + 1  # optimizer steps taken, as a solo run's global_step now
+        self.end_epochs(step)
         for group, scheduler in zip(self.groups, self.schedulers, strict=True):
             if scheduler is not None and step % group.steps_per_epoch == 0:
                 scheduler.step()
         if step % self.val_every == 0:  # as the solo runs' val_check_interval
             self.validate(step)
 
+    def end_epochs(self, step: int) -> None:
+        """Record the training loss's mean over the epoch of each member whose epoch ends at ``step``, and
+        at the last step over every member's epoch so far, as Lightning ends an epoch cut short by
+        ``max_steps``."""
+        last = step == self.steps
+        ended = [k for k, m in enumerate(self.members) if step % m.steps_per_epoch == 0 or last]
+        if not ended:
+            return
+        means = (self.epoch_loss_sums[ended] / self.epoch_rows[ended]).tolist()
+        for k, mean in zip(ended, means, strict=True):
+            self.members[k].epoch_losses.append((step, mean))
+        self.epoch_loss_sums[ended] = 0.0
+        self.epoch_rows[ended] = 0.0
+
     def on_fit_start(self) -> None:
+        self.epoch_loss_sums = self.epoch_loss_sums.to(self.device)
+        self.epoch_rows = self.epoch_rows.to(self.device)
         for member in self.members:  # their metrics and calibration are updated where the stack computes
             member.model.to(self.device)
         self.validation_split = tuple(
@@ -306,8 +333,8 @@ class StackedClassifier(LightningModule):
                 continue
             numbers = {key: float(value) for key, value in values.items()}
             member.validations.append((step, numbers))
-            if numbers["val/loss"] < member.best_loss:  # strictly lower, as ModelCheckpoint(mode="min")
-                member.best_loss, member.best_step = numbers["val/loss"], step
+            if numbers[MONITOR] < member.best_loss:  # strictly lower, as ModelCheckpoint(mode="min")
+                member.best_loss, member.best_step = numbers[MONITOR], step
                 member.best_state = self.member_state(k)
 
     def member_state(self, k: int) -> dict[str, Tensor]:
@@ -379,7 +406,10 @@ def train_stack(
     trainer.fit(module)
     for step, losses in module.train_losses:
         for k, member in enumerate(module.members):
-            member.logger.log_metrics({"train/loss": losses[k]}, step)
+            member.logger.log_metrics({"loss/train_step": losses[k]}, step)
+    for member in module.members:  # logged at the epoch's last step, as Lightning logs epoch-end metrics
+        for step, mean in member.epoch_losses:
+            member.logger.log_metrics({"loss/train_epoch": mean}, step - 1)
     return module
 
 
@@ -398,7 +428,7 @@ def finish_member(member: Member, directory: Path, accelerator: str = "cpu") -> 
     write_hparams_row([member.logger], member.hparams_row)
     tester = Trainer(
         logger=member.logger,
-        callbacks=[LogAtTrainedStep(member.best_step, epoch), TrainedTo(member.best_step, epoch)],
+        callbacks=[LogAtTrainedStep(member.best_step), TrainedTo(member.best_step, epoch)],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
@@ -407,7 +437,8 @@ def finish_member(member: Member, directory: Path, accelerator: str = "cpu") -> 
     )
     tester.test(model, datamodule=datamodule, verbose=False)
     member.logger.finalize("success")
-    name = f"epoch={epoch}-step={member.best_step}-val_loss={member.best_loss:.4f}.ckpt"
+    values = {"epoch": epoch, "step": member.best_step, MONITOR: member.best_loss}
+    name = checkpoint_filename(MONITOR).format(**values) + ".ckpt"
     folder = directory / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / name, tester.save_checkpoint)
@@ -425,6 +456,8 @@ def stackable(cli: Any) -> str | None:
             return "its learning-rate scheduler follows its own validation loss (ReduceLROnPlateau)"
     if not isinstance(cli.datamodule, InMemoryDataModule):
         return "its data module does not hold its data in memory"
+    if cli.config.checkpoint.get("monitor") != MONITOR or cli.config.checkpoint.get("mode") != "min":
+        return f"its best checkpoint is chosen by another metric than {MONITOR}'s minimum"
     if cli.config.trainer.get("callbacks"):
         return "callbacks of its own in trainer.callbacks would see the stack, not the run"
     if trainer.get("max_steps") in (None, -1) or not isinstance(trainer.get("val_check_interval"), int):
@@ -451,5 +484,5 @@ def member_of(cli: Any, args: list[str], name: str, save_dir: str) -> Member:
     config = cli.parser.parse_args(args)
     seed_everything(config.seed_everything, verbose=False)
     built = cli.parser.instantiate_classes(config)
-    logger = TensorBoardLogger(save_dir, name="", version=name, default_hp_metric=False)
+    logger = RunLogger(save_dir, name="", version=name, default_hp_metric=False)
     return Member(name, built.data, built.model, logger, hparams_row(config, built.model.hparams))
