@@ -17,6 +17,7 @@ from binclf import __version__ as binclf_version
 from binclf.cli import run_cli
 from binclf.main import cli_main
 from binclf.networks import MLP
+from binclf.usage import SUBCOMMANDS
 from binclf.workarounds import NullProfiler
 
 
@@ -271,11 +272,64 @@ def test_the_best_checkpoint_is_named_after_the_metric_it_is_chosen_by(binclf, t
     assert all(re.fullmatch(r"epoch=\d+-step=\d+-val_acc=\d\.\d{4}\.ckpt", name) for name in by_accuracy)
 
 
-def test_version_answers_without_importing_lightning():
-    """Whether Lightning was imported, from Python's own import log, not from a clock."""
-    command = [sys.executable, "-X", "importtime", "-m", "binclf", "--version"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    assert (result.returncode, result.stdout) == (0, f"binclf {binclf_version}\n")
+@pytest.mark.parametrize(
+    "command",
+    [["binclf", "--version"], ["binclf", "--help"], ["binclf", "-h"], ["binclf-sweep", "--help"]],
+    ids=" ".join,
+)
+def test_version_and_help_answer_without_importing_lightning(command):
+    """Whether Lightning or torch was imported, from Python's own import log, not from a clock."""
+    module = "binclf" if command[0] == "binclf" else "binclf.study.sweep"
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", module, *command[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
     imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
-    assert "binclf.main" in imported
+    assert "binclf" in imported
     assert not [name for name in imported if name.split(".")[0] in ("lightning", "torch")]
+    if command[1] == "--version":
+        assert result.stdout == f"binclf {binclf_version}\n"
+
+
+def test_the_top_level_help_names_binclf_its_subcommands_and_the_sweep(monkeypatch, capsys):
+    result = subprocess.run(
+        [sys.executable, "-m", "binclf", "--help"], capture_output=True, text=True, check=False
+    )
+    flat = " ".join(result.stdout.split())
+    assert result.stdout.startswith("usage: binclf ")
+    for name, description in SUBCOMMANDS.items():  # whole, not cut mid-sentence
+        assert f"{name} {' '.join(description.split())}" in flat
+    assert "binclf-sweep --help" in flat
+    monkeypatch.setattr(sys, "argv", ["binclf"])
+    with pytest.raises(SystemExit):
+        run_cli(["--help"])
+    assert capsys.readouterr().out == result.stdout  # the parser's help is the console script's
+
+
+@pytest.mark.parametrize(
+    ("mistake", "message"),
+    [
+        (
+            "--trainer.max_epochz=3",
+            "unrecognized arguments: --trainer.max_epochz=3; did you mean --trainer.max_epochs?",
+        ),
+        (
+            "--data.sclae=0.3",
+            "--data.sclae: TwoGaussianDataModule takes no argument 'sclae'; did you mean --data.scale?",
+        ),
+        (
+            "--model.optimizer.lrr=0.1",
+            "--model.optimizer.lrr: SGD takes no argument 'lrr'; did you mean --model.optimizer.lr?",
+        ),
+    ],
+)
+def test_a_mistyped_key_gets_one_line_naming_it_and_the_closest_key(mistake, message, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["binclf"])
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", mistake])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"binclf: error: {message}\n"

@@ -70,10 +70,16 @@ def main() -> None:
     """The ``binclf`` console script and ``python -m binclf``: :func:`cli_main`, then an exit that skips
     the interpreter's teardown (:func:`binclf.workarounds.exit_without_teardown`)."""
     raise_on_sigterm()  # from the first moment: a command stopped while it imports still exits with 143
-    if sys.argv[1:] == ["--version"]:  # answered before Lightning is imported, which takes seconds
+    # Answered before Lightning is imported, which takes seconds; the parser prints the same help.
+    if sys.argv[1:] == ["--version"]:
         from binclf import __version__
 
         print(f"binclf {__version__}")
+        sys.exit(0)
+    if sys.argv[1:] in (["--help"], ["-h"]):
+        from binclf.usage import top_level_help
+
+        print(top_level_help(), end="")
         sys.exit(0)
     if sys.stderr.isatty() and sys.argv[1:2] and not sys.argv[1].startswith("-"):
         # Importing torch and Lightning takes seconds; a person at a terminal sees the command has begun.

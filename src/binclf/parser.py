@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import re
+import sys
 from argparse import ArgumentError
 from typing import NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser
+
+from binclf.usage import closest, top_level_help
 
 
 class BinclfArgumentParser(LightningArgumentParser):
@@ -15,6 +19,9 @@ class BinclfArgumentParser(LightningArgumentParser):
     and the rest counted."""
 
     def format_help(self) -> str:
+        if self.prog == "binclf":  # the top level: binclf's own words, which the console script also prints
+            return top_level_help()
+
         def shorten(match: re.Match) -> str:
             names = re.sub(r"\s+", "", match.group(1)).split(",")
             own = [name for name in names if name.startswith(("binclf.networks.", "binclf.data."))]
@@ -26,5 +33,35 @@ class BinclfArgumentParser(LightningArgumentParser):
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         """A setting that does not parse ends the command with one line naming it, like any bad input
-        (:func:`binclf.command.error_message`), instead of the whole usage, which ``--help`` shows."""
+        (:func:`binclf.command.error_message`), instead of the whole usage, which ``--help`` shows; a
+        mistyped key with the closest one there is."""
+        if "did you mean" not in message:  # a subcommand's parser has already said it
+            message = self._with_closest_key(message)
         raise ArgumentError(None, message) from ex
+
+    def _with_closest_key(self, message: str) -> str:
+        """``message`` with the valid key nearest to the one it refuses, where one is near: a setting of
+        the command (``--trainer.max_epochz``), or an argument of the class a setting names
+        (``--data.sclae``)."""
+        unknown = re.match(r"unrecognized arguments: (--[\w.]+)", message)
+        if unknown:
+            keys = sorted(set(re.findall(r"--[A-Za-z_][\w.]*", self.format_help())))
+            match = closest(unknown[1], keys)
+            return f"{message}; did you mean {match}?" if match else message
+        option = re.search(r"Option '(\w+)' is not accepted", message)
+        setting = re.search(r'Parser key "([^"]+)"', message)
+        class_path = re.search(r"class_path[= ]'([\w.]+)'", message)
+        if not (option and setting and class_path):
+            return message
+        module, _, name = class_path[1].rpartition(".")
+        # Already imported by the parser, which checked the option against it: nothing new is imported.
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is None:
+            return message
+        parameters = inspect.signature(cls).parameters.values()
+        names = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        match = closest(option[1], names)
+        if match is None:
+            return message
+        key = f"--{setting[1]}"
+        return f"{key}.{option[1]}: {name} takes no argument {option[1]!r}; did you mean {key}.{match}?"

@@ -1,0 +1,50 @@
+"""What ``binclf --help`` says: binclf, its subcommands and ``binclf-sweep``. Plain text, so that the
+console script answers it without importing Lightning; the CLI's parser prints the same."""
+
+from __future__ import annotations
+
+import difflib
+import textwrap
+
+SUBCOMMANDS = {
+    "fit": "Train the model, in a run folder of its own (lightning_logs/version_N): the article's experiment "
+    "by default, or the config given with -c. --ckpt_path last resumes the latest run.",
+    "validate": "Score the latest run's best checkpoint (or --ckpt_path) on the validation split.",
+    "test": "Score the latest run's best checkpoint (or --ckpt_path) on the test split: accuracy, loss, "
+    "calibration, and, for data with an oracle, the Bayes rule and the logit as a log-likelihood ratio.",
+    "predict": "Write p(b | x) and the logit of the latest run's best checkpoint (or --ckpt_path) for the "
+    "data's prediction points to predictions.csv in its run folder.",
+}
+
+
+def top_level_help() -> str:
+    width = 100
+    lines = [
+        "usage: binclf [-h] [--version] [-c CONFIG] [--print_config] {fit,validate,test,predict} ...",
+        "",
+        "binclf trains a binary classifier with PyTorch Lightning and measures it against the best possible",
+        "answer, the Bayes rule, where the data has one.",
+        "",
+        "subcommands:",
+    ]
+    for name, description in SUBCOMMANDS.items():
+        wrapped = textwrap.wrap(description, width - 14)
+        lines += [f"  {name:<10}  {wrapped[0]}", *(f"{'':14}{part}" for part in wrapped[1:])]
+    lines += [
+        "",
+        "options:",
+        "  -h, --help            show this help and exit; binclf fit --help lists fit's settings",
+        "  --version             print binclf's version and exit",
+        "  -c, --config CONFIG   a YAML config, e.g. configs/default.yaml",
+        "  --print_config        print the whole config, with the logger and progress bar in use, and exit",
+        "",
+        "Many runs, a grid of settings and seeds, trained together where they can be: binclf-sweep --help.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def closest(name: str, candidates: list[str]) -> str | None:
+    """The candidate a mistyped ``name`` most likely meant, if any is close."""
+    matches = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return matches[0] if matches else None
