@@ -253,7 +253,7 @@ def test_a_member_that_diverges_fails_with_its_solo_runs_message(in_tmp, steps, 
     grid = {"data.num_samples": [100, 150]}
     extra = [*ARGS, "--model.optimizer.lr=1e6"]
     runs = plan(str(DEFAULT_CONFIG), grid, [0], extra, in_tmp / "stacked", None, steps)
-    outcomes = _train_and_test_stack(runs)
+    outcomes, _ = _train_and_test_stack(runs)
     for run, outcome in zip(runs, outcomes, strict=True):
         directory = in_tmp / "solo" / run.name
         alone = execute(Run(run.name, run.settings, run.seed, directory, solo_args(run, in_tmp)))

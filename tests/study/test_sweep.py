@@ -117,7 +117,8 @@ BAD_SWEEPS = {
     "negative workers": (['--grid={"data.scale": [0.5]}', "--epochs=1", "--workers=-1"], "workers must be 0"),
     "a grid key no fit accepts": (
         [f"--base_config={DEFAULT_CONFIG}", '--grid={"data.sclae": [0.5]}', "--epochs=1"],
-        "binclf fit refuses the runs' arguments: data: Option 'sclae' is not accepted",
+        "binclf fit refuses the runs' arguments: --data.sclae: TwoGaussianDataModule takes no argument "
+        "'sclae'; did you mean --data.scale?",
     ),
     "an argument no fit accepts": (
         [
@@ -523,3 +524,48 @@ def test_a_cell_with_one_seed_shows_its_value_without_a_spread(tmp_path):
     report(rows, tmp_path, "data.scale", "data.num_samples")
     table = (tmp_path / "results.md").read_text().split("\n\n")[1].splitlines()
     assert table[2] == "| 1,000 | 90.00 | 75.00 ± 5.00 |"
+
+
+@pytest.mark.slow
+def test_a_sweep_into_a_file_says_a_line_per_group_and_per_run(tmp_path, default_config):
+    small = "--data.num_val_samples=200, --data.num_test_samples=1000, --data.batch_size=64"
+
+    def sweep_into_a_pipe(name: str, *extra: str) -> str:
+        command = [str(Path(sys.executable).parent / "binclf-sweep"), f"--base_config={default_config}"]
+        command += ['--grid={"data.scale": [0.3, 1.0]}', "--seeds=[0]", "--steps=20", "--workers=1"]
+        command += [f"--root={tmp_path}", f"--name={name}", *extra]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "\r" not in result.stdout  # no progress bar redrawn into the file
+        return result.stdout
+
+    names = "scale=0.3,seed=0, scale=1,seed=0"
+    run_line = r"run (scale=0\.3,seed=0|scale=1,seed=0): ok, acc \d+\.\d\d %, \d+\.\d s"
+    outputs = {
+        "stacked": sweep_into_a_pipe("stacked", f"--args=[{small}]"),
+        "solo": sweep_into_a_pipe("solo", f"--args=[{small}]", "--mode=solo"),
+        "scheduled": sweep_into_a_pipe(
+            "scheduled", f"--args=[{small}, --model.lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau]"
+        ),
+    }
+    groups = {
+        "stacked": [
+            f"stack of 2 runs ({names}): they differ only in data settings and seeds, so they train together"
+        ],
+        "solo": ["solo (scale=0.3,seed=0): --mode solo", "solo (scale=1,seed=0): --mode solo"],
+        "scheduled": [
+            f"solo, 2 runs one after the other ({names}): "
+            "its learning-rate scheduler follows its own validation loss (ReduceLROnPlateau)"
+        ],
+    }
+    for name, out in outputs.items():
+        lines = out.splitlines()
+        assert sorted(line for line in lines if line.startswith(("stack of", "solo"))) == sorted(groups[name])
+        finished = [line for line in lines if line.startswith("run ")]
+        assert len(finished) == 2, out
+        assert all(re.fullmatch(run_line, line) for line in finished), finished
+        for run in ("scale=0.3,seed=0", "scale=1,seed=0"):  # each run's own log holds its test summary
+            log = (tmp_path / name / "runs" / run / "output.log").read_text()
+            assert "Test summary" in log
+            assert "Best checkpoint:" in log
+    assert (tmp_path / "stacked" / "runs" / "scale=0.3,seed=0" / "stack.log").is_file()

@@ -19,13 +19,16 @@ from typing import Any
 from binclf.command import EXIT_STATUS
 from binclf.study.plan import RESULT, Run, run_args
 
+STACK_LOG = "stack.log"
+
 
 def run_task(task: list[Run]) -> list[dict[str, Any]]:
-    """A stack, or one run alone: what one worker does at a time, on this machine or on a Ray node."""
+    """A stack, or one run alone: what one worker does at a time, on this machine or on a Ray node. Each
+    result says how its run was ``trained``: ``stacked``, ``solo: <why>``, or ``solo`` for a run alone."""
     return execute_stack(task) if len(task) > 1 else [execute(task[0])]
 
 
-def execute(run: Run) -> dict[str, Any]:
+def execute(run: Run, trained: str = "solo") -> dict[str, Any]:
     """Fit, then test the best checkpoint in the same process; record the outcome, whatever it is, unless
     the sweep is being stopped: then the run is left unfinished, to be redone by the next sweep."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -35,7 +38,7 @@ def execute(run: Run) -> dict[str, Any]:
     from binclf.command import error_message
     from binclf.safe_io import atomic_write
 
-    result: dict[str, Any] = {"run": run.name, "seed": run.seed, **run.settings}
+    result: dict[str, Any] = {"run": run.name, "seed": run.seed, **run.settings, "trained": trained}
     start = time.perf_counter()
     log = run.directory / "output.log"
     try:
@@ -86,11 +89,11 @@ def execute_stack(runs: list[Run]) -> list[dict[str, Any]]:
         return [execute(run) for run in runs]
     if unready:
         return execute_stack(ready) + [execute(run) for run in unready]
-    log = runs[0].directory / "output.log"  # the stack's, beside its first run's
+    log = runs[0].directory / STACK_LOG  # the stack's own output, beside its first run's
     try:
         with _output_to(log):
             try:
-                outcomes = _train_and_test_stack(runs)
+                outcomes, why_solo = _train_and_test_stack(runs)
             except SystemExit:
                 raise
             except BaseException:
@@ -102,11 +105,11 @@ def execute_stack(runs: list[Run]) -> list[dict[str, Any]]:
         failure = {"status": "failed", "error": _parse_error(log) or error_message(error)}
         outcomes = [failure] * len(runs)
     if outcomes is None:
-        return [execute(run) for run in runs]
+        return [execute(run, trained=f"solo: {why_solo}") for run in runs]
     seconds = round((time.perf_counter() - start) / len(runs), 3)  # the stack's time, shared by its runs
     results = []
     for run, outcome in zip(runs, outcomes, strict=True):
-        result = {"run": run.name, "seed": run.seed, **run.settings, **outcome}
+        result = {"run": run.name, "seed": run.seed, **run.settings, "trained": "stacked", **outcome}
         result |= {"wall_seconds": seconds, "args": run.args}
         with contextlib.suppress(OSError):
             text = json.dumps(result, indent=1)
@@ -115,11 +118,13 @@ def execute_stack(runs: list[Run]) -> list[dict[str, Any]]:
     return results
 
 
-def _train_and_test_stack(runs: list[Run]) -> list[dict[str, Any]] | None:
-    """Each run's status, error, test metrics and training histogram, or ``None`` if the runs cannot stack.
+def _train_and_test_stack(runs: list[Run]) -> tuple[list[dict[str, Any]] | None, str]:
+    """Each run's status, error, test metrics and training histogram; or ``None`` and why, if the runs
+    cannot stack.
 
     A run whose settings or data are bad fails alone, with the message its solo run would give; the others
-    are built, trained and tested as if it were not there.
+    are built, trained and tested as if it were not there. Each run's ``output.log`` holds its own test
+    summary, as its solo run's would; the stack's own output goes to ``stack.log`` in the first run's folder.
     """
     from binclf.cli import run_cli
     from binclf.command import error_message
@@ -133,7 +138,7 @@ def _train_and_test_stack(runs: list[Run]) -> list[dict[str, Any]] | None:
                 reason = stackable(template)
                 if reason is not None:
                     print(f"these runs train solo: {reason}")
-                    return None
+                    return None, reason
             member = member_of(template, run_args(run), run.name, str(run.directory.parent))
             member.datamodule.setup("fit")
             if not members:  # the network, probed on a few rows of the first member's own data
@@ -141,14 +146,15 @@ def _train_and_test_stack(runs: list[Run]) -> list[dict[str, Any]] | None:
                 reason = forward_problem(member.model.network, probe)
                 if reason is not None:
                     print(f"these runs train solo: {reason}")
-                    return None
+                    return None, reason
             members[run.name] = member
         except Exception as error:  # as ``execute`` records a solo run that fails
             traceback.print_exc()
             outcomes[run.name] = {"status": "failed", "error": error_message(error)}
     if members and len({tuple(p.shape for p in m.model.network.parameters()) for m in members.values()}) > 1:
-        print("these runs train solo: their networks differ in shape")
-        return None
+        reason = "their networks differ in shape"
+        print(f"these runs train solo: {reason}")
+        return None, reason
     if members:
         trainer = template.trainer  # the solo run's trainer, as built: its settings, Lightning's defaults
         accelerator = template.config.trainer.accelerator  # as the solo runs would use
@@ -164,10 +170,17 @@ def _train_and_test_stack(runs: list[Run]) -> list[dict[str, Any]] | None:
         if member.failure is not None:
             outcomes[name] = {"status": "failed", "error": member.failure}
             continue
+        folder = Path(member.logger.log_dir)
         try:
-            metrics = finish_member(member, Path(member.logger.log_dir), accelerator)
+            with _output_to(folder / "output.log"):  # the member's own: its checkpoint and test summary
+                stack_log = runs[0].directory / STACK_LOG
+                print(f"Trained in a stack of {len(members)} runs; the stack's own output: {stack_log}")
+                try:
+                    metrics = finish_member(member, folder, accelerator)
+                except Exception:
+                    traceback.print_exc()
+                    raise
         except Exception as error:
-            traceback.print_exc()
             outcomes[name] = {"status": "failed", "error": error_message(error)}
             continue
         histogram = training_histogram(member.datamodule)
@@ -177,7 +190,7 @@ def _train_and_test_stack(runs: list[Run]) -> list[dict[str, Any]] | None:
             **dict(sorted(metrics.items())),
             "histogram": histogram,
         }
-    return [outcomes[run.name] for run in runs]
+    return [outcomes[run.name] for run in runs], ""
 
 
 def lost(task: list[Run], error: BaseException) -> list[dict[str, Any]]:
@@ -189,6 +202,7 @@ def lost(task: list[Run], error: BaseException) -> list[dict[str, Any]]:
             **run.settings,
             "status": "failed",
             "error": f"{type(error).__name__}: {error}",
+            "trained": "lost with its worker",
         }
         for run in task
     ]

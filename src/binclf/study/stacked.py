@@ -48,6 +48,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from binclf.data import InMemoryDataModule
 from binclf.data.batches import EpochBatchSampler
 from binclf.module import BinaryClassifier
+from binclf.monitoring.messages import CommandMessages
 from binclf.monitoring.tensorboard import LogAtTrainedStep, RunLogger, hparams_row, write_hparams_row
 from binclf.runs import checkpoint_filename
 
@@ -428,7 +429,7 @@ def finish_member(member: Member, directory: Path, accelerator: str = "cpu") -> 
     write_hparams_row([member.logger], member.hparams_row)
     tester = Trainer(
         logger=member.logger,
-        callbacks=[LogAtTrainedStep(member.best_step), TrainedTo(member.best_step, epoch)],
+        callbacks=[CommandMessages(), LogAtTrainedStep(member.best_step), TrainedTo(member.best_step, epoch)],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
@@ -441,7 +442,10 @@ def finish_member(member: Member, directory: Path, accelerator: str = "cpu") -> 
     name = checkpoint_filename(MONITOR).format(**values) + ".ckpt"
     folder = directory / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / name, tester.save_checkpoint)
+    atomic_write(
+        folder / name, lambda tmp: tester.save_checkpoint(tmp, weights_only=False)
+    )  # the whole state
+    print(f"Best checkpoint: {folder / name} ({MONITOR}={member.best_loss:.5g})")
     return {key: float(value) for key, value in tester.callback_metrics.items() if key.startswith("test/")}
 
 

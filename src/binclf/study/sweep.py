@@ -132,24 +132,66 @@ def write_results(runs: list[Run], path: Path, fresh: dict[str, dict[str, Any]])
 
 
 class Progress:
-    """The progress bar over the runs, and this session's results by run name, for either executor."""
+    """What a sweep says as its tasks end, for either executor: a line per stack or solo group, saying which
+    it is and why, then a line per run. At a terminal a progress bar runs below them; into a file or a pipe
+    the lines come alone, with no carriage returns. Keeps this session's results by run name."""
 
-    def __init__(self, total: int) -> None:
-        from tqdm import tqdm
-
+    def __init__(self, total: int, mode: str) -> None:
         self.results: dict[str, dict[str, Any]] = {}
-        self.bar = tqdm(total=total, unit="run", file=sys.stdout, dynamic_ncols=True)
+        self.mode = mode
+        self.bar = None
+        if sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="run", file=sys.stdout, dynamic_ncols=True)
+
+    def say(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
 
     def record(self, task_results: list[dict[str, Any]]) -> None:
+        self.say(group_line(task_results, self.mode))
         for result in task_results:
             self.results[result["run"]] = result
-            if result["status"] != "ok":
-                self.bar.write(f"failed: {result['run']}: {result['error']}")
-        self.bar.set_postfix(failed=sum(r["status"] != "ok" for r in self.results.values()))
-        self.bar.update(len(task_results))
+            self.say(run_line(result))
+        if self.bar is not None:
+            self.bar.set_postfix(failed=sum(r["status"] != "ok" for r in self.results.values()))
+            self.bar.update(len(task_results))
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def group_line(results: list[dict[str, Any]], mode: str) -> str:
+    """Whether a task's runs trained as a stack or solo, and why."""
+    names = ", ".join(result["run"] for result in results)
+    trained = results[0].get("trained", "lost")
+    if trained == "stacked":
+        why = "they differ only in data settings and seeds, so they train together"
+        return f"stack of {len(results)} runs ({names}): {why}"
+    if trained.startswith("solo: "):
+        return f"solo, {len(results)} runs one after the other ({names}): {trained.removeprefix('solo: ')}"
+    if trained == "solo":
+        why = (
+            "--mode solo"
+            if mode == "solo"
+            else "no other run that differs only in data and seed shares its worker"
+        )
+        return f"solo ({names}): {why}"
+    return f"{trained} ({names})"
+
+
+def run_line(result: dict[str, Any]) -> str:
+    """One finished run: ``run <name>: ok, acc 99.37 %, 12.3 s``, or why it failed."""
+    if result["status"] == "ok" and "test/acc" in result:
+        line = f"run {result['run']}: ok, acc {100 * result['test/acc']:.2f} %"
+    else:
+        line = f"run {result['run']}: {result['status']}, {result.get('error') or 'no test metrics'}"
+    seconds = result.get("wall_seconds")
+    return f"{line}, {seconds:.1f} s" if isinstance(seconds, (int, float)) else line
 
 
 def run_sweep(
@@ -164,7 +206,7 @@ def run_sweep(
     print(f"{len(runs)} runs, {skipped} already finished, {len(todo)} to run on {where}")
     if not todo:
         return {}
-    progress = Progress(len(todo))
+    progress = Progress(len(todo), mode)
     try:
         if ray is not None:
             from binclf.study.ray_executor import run_on_ray
