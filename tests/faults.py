@@ -95,7 +95,8 @@ class CountingProfiler(NullProfiler):
 
 
 class HoldAtTrainStart(Callback):
-    """As training starts, writes ``started@<run>@<pid>@<ray node id>`` into ``folder`` and, unless the run
+    """As training starts, writes ``started@<run>@<pid>@<ray node id>`` into ``folder`` (holding the number
+    of its network namespace) and, unless the run
     is ``except_run``, waits until ``folder/go`` exists: a run held at a known point, for as long as a test
     needs it running (to lose its node, or to stop its sweep)."""
 
@@ -108,6 +109,8 @@ class HoldAtTrainStart(Callback):
 
         run = trainer.logger.version if trainer.logger is not None else "stack"
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-        (self.folder / f"started@{run}@{os.getpid()}@{node}").touch()
+        # Its network namespace inside: the host it runs on, where hosts are namespaces on one machine.
+        started = self.folder / f"started@{run}@{os.getpid()}@{node}"
+        started.write_text(str(os.stat("/proc/self/ns/net").st_ino))
         while run != self.except_run and not (self.folder / "go").exists():
             time.sleep(0.05)  # waits on a file the test creates, not on a clock

@@ -1,0 +1,88 @@
+"""docs/study.md's multi-host recipe, with Ray's token authentication, on two hosts made of two network
+namespaces (``tests/study/two_hosts.py``). Skipped, with the reason, where namespaces cannot be made."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DRIVER = Path(__file__).with_name("two_hosts.py")
+
+pytestmark = pytest.mark.slow  # two Ray nodes and three sweeps
+
+
+def _namespaces_can_be_made() -> str | None:
+    """Why two hosts cannot be made here, or ``None``."""
+    name = "binclf-probe"
+    try:
+        made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, check=False)
+    except OSError as error:
+        return f"no ip command ({error.strerror})"
+    if made.returncode != 0:
+        return f"ip netns is not permitted here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    return None
+
+
+@pytest.fixture(scope="module")
+def two_hosts(tmp_path_factory) -> dict:
+    problem = _namespaces_can_be_made()
+    if problem is not None:
+        pytest.skip(f"needs two network namespaces joined by a veth pair: {problem}")
+    root = tmp_path_factory.mktemp("two-hosts")
+    result = subprocess.run(
+        [sys.executable, str(DRIVER), str(root)], capture_output=True, text=True, timeout=1200, check=False
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_recipe_needs_its_token(two_hosts):
+    assert two_hosts["token_file"]  # ray get-auth-token --generate wrote ~/.ray/auth_token
+    refused = two_hosts["refused"]
+    assert refused["returncode"] != 0
+    error_lines = [line for line in refused["stderr"].splitlines() if line.startswith("binclf-sweep: error:")]
+    assert len(error_lines) == 1, refused["stderr"]
+    assert "Traceback" not in refused["stderr"]
+
+
+def test_every_run_crosses_to_the_second_host_and_matches_the_local_executor(two_hosts):
+    agree = two_hosts["agree"]
+    assert agree["returncodes"] == [0, 0], agree["stderr"]
+    on_ray = {row["run"]: row for row in agree["ray"]}
+    local = {row["run"]: row for row in agree["local"]}
+    assert len(on_ray) == 4
+    assert on_ray.keys() == local.keys()
+    # The head offers no CPUs: each run ran in the second host's network namespace.
+    assert agree["on_second_host"] == sorted(on_ray)
+    for name, row in on_ray.items():
+        assert row["status"] == local[name]["status"] == "ok"
+        for key in ("test/acc", "test/loss", "test/llr_rmse"):
+            assert float(row[key]) == pytest.approx(float(local[name][key]), rel=1e-4, abs=1e-4), (name, key)
+
+
+def test_a_lost_second_host_costs_no_run(two_hosts):
+    lost = two_hosts["lost"]
+    assert lost["returncode"] == 0, lost["stderr"]
+    assert lost["killed"] > 0
+    assert len(lost["rows"]) == 4
+    assert all(row["status"] == "ok" for row in lost["rows"]), lost["rows"]
+    assert lost["starts"].count(lost["held_run"]) == 2  # the held run, started again on the new node
+
+
+def test_nothing_is_left_behind(two_hosts):
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    assert not [name for name in two_hosts["namespaces"] if name in listed]
+    assert two_hosts["pids"]
+    assert not [pid for pid in two_hosts["pids"] if Path(f"/proc/{pid}").exists() and _is_ray(pid)]
+
+
+def _is_ray(pid: int) -> bool:
+    try:
+        return b"ray" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
