@@ -78,10 +78,12 @@ def tensorboard(logdir: Path, timeout: float = 120.0) -> Iterator[str]:
     try:
         deadline = time.monotonic() + timeout  # a bound on a server that never starts, not a wait for one
         while True:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{address}/data/runs", timeout=5) as answer:
-                    if json.load(answer):
-                        break
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{address}/data/runs", timeout=5) as answer,
+            ):
+                if json.load(answer):
+                    break
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"TensorBoard did not serve {logdir}")
             time.sleep(0.1)
@@ -126,9 +128,8 @@ def main() -> None:
             seen = first_screen(browser, address, args.out.resolve())
     print("Time Series groups, in order:", ", ".join(seen["groups"]))
     print("cards, in order:", ", ".join(seen["cards"]))
-    print(
-        f"screenshots: {', '.join(str(args.out / f'{tab}.png') for tab in ('timeseries', 'scalars', 'hparams'))}"
-    )
+    shots = [str(args.out / f"{tab}.png") for tab in ("timeseries", "scalars", "hparams")]
+    print(f"screenshots: {', '.join(shots)}")
     print(json.dumps(seen))
 
 

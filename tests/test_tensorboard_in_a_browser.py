@@ -1,5 +1,5 @@
-"""TensorBoard's first screen of a binclf run, in a real headless browser (``benchmarks/tensorboard_screens.py``).
-Skipped, with the reason, where no Chromium is installed."""
+"""TensorBoard's first screen of a binclf run, in a real headless browser
+(``benchmarks/tensorboard_screens.py``). Skipped, with the reason, where no Chromium is installed."""
 
 from __future__ import annotations
 
