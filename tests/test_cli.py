@@ -274,14 +274,13 @@ def test_the_best_checkpoint_is_named_after_the_metric_it_is_chosen_by(binclf, t
 
 @pytest.mark.parametrize(
     "command",
-    [["binclf", "--version"], ["binclf", "--help"], ["binclf", "-h"], ["binclf-sweep", "--help"]],
+    [["binclf", "--version"], ["binclf", "--help"], ["binclf", "-h"]],
     ids=" ".join,
 )
 def test_version_and_help_answer_without_importing_lightning(command):
     """Whether Lightning or torch was imported, from Python's own import log, not from a clock."""
-    module = "binclf" if command[0] == "binclf" else "binclf.study.sweep"
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", module, *command[1:]],
+        [sys.executable, "-X", "importtime", "-m", "binclf", *command[1:]],
         capture_output=True,
         text=True,
         timeout=60,
@@ -295,7 +294,7 @@ def test_version_and_help_answer_without_importing_lightning(command):
         assert result.stdout == f"binclf {binclf_version}\n"
 
 
-def test_the_top_level_help_names_binclf_its_subcommands_and_the_sweep(monkeypatch, capsys):
+def test_the_top_level_help_names_binclf_and_its_subcommands_whole(monkeypatch, capsys):
     result = subprocess.run(
         [sys.executable, "-m", "binclf", "--help"], capture_output=True, text=True, check=False
     )
@@ -303,7 +302,6 @@ def test_the_top_level_help_names_binclf_its_subcommands_and_the_sweep(monkeypat
     assert result.stdout.startswith("usage: binclf ")
     for name, description in SUBCOMMANDS.items():  # whole, not cut mid-sentence
         assert f"{name} {' '.join(description.split())}" in flat
-    assert "binclf-sweep --help" in flat
     monkeypatch.setattr(sys, "argv", ["binclf"])
     with pytest.raises(SystemExit):
         run_cli(["--help"])

@@ -1,10 +1,13 @@
-"""What ``binclf --help`` says: binclf, its subcommands and ``binclf-sweep``. Plain text, so that the
-console script answers it without importing Lightning; the CLI's parser prints the same."""
+"""What ``binclf --help`` says: binclf, its subcommands, and binclf's other installed commands. Plain text,
+so that the console script answers it without importing Lightning; the CLI's parser prints the same."""
 
 from __future__ import annotations
 
+import ast
 import difflib
 import textwrap
+from importlib import metadata, util
+from pathlib import Path
 
 SUBCOMMANDS = {
     "fit": "Train the model, in a run folder of its own (lightning_logs/version_N): the article's experiment "
@@ -37,11 +40,37 @@ def top_level_help() -> str:
         "  --version             print binclf's version and exit",
         "  -c, --config CONFIG   a YAML config, e.g. configs/default.yaml",
         "  --print_config        print the whole config, with the logger and progress bar in use, and exit",
-        "",
-        "Many runs, a grid of settings and seeds, trained together where they can be: binclf-sweep --help.",
-        "",
     ]
-    return "\n".join(lines)
+    others = other_commands()
+    if others:
+        lines += ["", "other commands (each answers --help):"]
+        for name, description in others.items():
+            wrapped = textwrap.wrap(description, width - 18)
+            lines += [f"  {name:<14}  {wrapped[0]}", *(f"{'':18}{part}" for part in wrapped[1:])]
+    return "\n".join([*lines, ""])
+
+
+def other_commands() -> dict[str, str]:
+    """binclf's other console scripts, as installed, each with the first line of its module's docstring:
+    read from the source, not imported, so that the help stays instant."""
+    try:
+        scripts = metadata.distribution("binclf").entry_points.select(group="console_scripts")
+    except metadata.PackageNotFoundError:
+        return {}
+    commands = {}
+    for script in sorted(scripts, key=lambda entry: entry.name):
+        if script.name == "binclf":
+            continue
+        try:
+            spec = util.find_spec(script.module)
+        except ModuleNotFoundError:  # its package was removed after it was installed: nothing to run
+            spec = None
+        if spec is None or spec.origin is None:
+            continue
+        docstring = ast.get_docstring(ast.parse(Path(spec.origin).read_text())) or ""
+        first = docstring.splitlines()[0].replace("``", "") if docstring else ""
+        commands[script.name] = first.removeprefix(f"{script.name}:").strip()
+    return commands
 
 
 def closest(name: str, candidates: list[str]) -> str | None:
