@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
@@ -19,3 +21,18 @@ SMALL = [
     "--data.batch_size=64",
     "--model.optimizer.lr=0.1",
 ]
+
+
+def heavy_imports(module: str, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """``python -m <module> <args>``, and the torch and Lightning modules it imported, from Python's own
+    import log (``-X importtime``), not from a clock."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
+    assert "binclf" in imported, result.stderr[-2000:]  # the log is there, and read right
+    return result, [name for name in imported if name.split(".")[0] in ("lightning", "torch")]

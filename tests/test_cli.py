@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import heavy_imports
 from lightning.pytorch.profilers import SimpleProfiler
 
 from binclf import __version__ as binclf_version
@@ -278,18 +279,9 @@ def test_the_best_checkpoint_is_named_after_the_metric_it_is_chosen_by(binclf, t
     ids=" ".join,
 )
 def test_version_and_help_answer_without_importing_lightning(command):
-    """Whether Lightning or torch was imported, from Python's own import log, not from a clock."""
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "binclf", *command[1:]],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result, heavy = heavy_imports("binclf", *command[1:])
     assert result.returncode == 0, result.stderr[-2000:]
-    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
-    assert "binclf" in imported
-    assert not [name for name in imported if name.split(".")[0] in ("lightning", "torch")]
+    assert heavy == []
     if command[1] == "--version":
         assert result.stdout == f"binclf {binclf_version}\n"
 

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import DEFAULT_CONFIG
+from helpers import DEFAULT_CONFIG, heavy_imports
 
 from binclf.command import Terminated
 from binclf.data.gaussians import normal_cdf
@@ -573,18 +573,10 @@ def test_a_sweep_into_a_file_says_a_line_per_group_and_per_run(tmp_path, default
 
 def test_binclf_help_names_the_sweep_and_neither_imports_lightning():
     """The top-level help lists binclf-sweep, installed with the study; both helps answer without importing
-    torch or Lightning (from Python's own import log, not a clock)."""
+    torch or Lightning."""
     for module in ("binclf", "binclf.study.sweep"):
-        result = subprocess.run(
-            [sys.executable, "-X", "importtime", "-m", module, "--help"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result, heavy = heavy_imports(module, "--help")
         assert result.returncode == 0, result.stderr[-2000:]
-        imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
-        assert not [name for name in imported if name.split(".")[0] in ("lightning", "torch")], module
-        if module == "binclf":
-            flat = " ".join(result.stdout.split())
-            assert "binclf-sweep the same binclf fit and test over a grid of settings and seeds" in flat
+        assert heavy == [], module
+    flat = " ".join(heavy_imports("binclf", "--help")[0].stdout.split())
+    assert "binclf-sweep the same binclf fit and test over a grid of settings and seeds" in flat

@@ -111,6 +111,8 @@ def held(folder: Path) -> str:
 
 
 def main() -> None:
+    # Stopped (pytest's timeout, Ctrl-C), it still removes what it started: the hosts' ``with`` ends.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = Path(sys.argv[1])
     home = root / "home"  # the driver's and both nodes' home: ~/.ray/auth_token is the one token
     home.mkdir()
