@@ -138,7 +138,8 @@ class RunFolder:
         ``version_N`` claimed now. Returns the name to save the command's config under in a run that has
         one already (``None``: ``config.yaml``).
 
-        Applies to Lightning's default logger and to a TensorBoardLogger or CSVLogger without a version;
+        Applies to binclf's default logger (:class:`~binclf.monitoring.tensorboard.RunLogger`, also where
+        a config asks for Lightning's default) and to a TensorBoardLogger or CSVLogger without a version;
         other loggers name their own folders.
         """
         logger = trainer.get("logger")

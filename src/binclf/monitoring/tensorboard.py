@@ -4,15 +4,16 @@ binclf's logger is Lightning's TensorBoardLogger less two things TensorBoard sho
 counter Lightning adds to every logged batch of scalars (a card of its own, and a column in HParams), and
 the empty event file a command that logs nothing (``predict``) would leave.
 
-The HParams row:
-Lightning's own row would list every constructor argument as LightningCLI saved it (``_instantiator``,
-nested class paths), and every ``test`` or ``predict`` would add a row of its own with a placeholder metric.
-binclf writes one row per fit instead, and no experiment summary: TensorBoard then offers every scalar of
-the run as a column, test metrics included once ``binclf test`` has logged them into the same run.
+The HParams row: Lightning's own would list every constructor argument as LightningCLI saved it
+(``_instantiator``, nested class paths), and every ``test`` or ``predict`` would add a row of its own with a
+placeholder metric. binclf writes one row per fit instead, and no experiment summary: TensorBoard then
+offers every scalar of the run as a column, test metrics included once ``binclf test`` has logged them into
+the same run.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,15 @@ class RunLogger(TensorBoardLogger):
         # nothing (``predict``) would leave a file that TensorBoard lists as a run with no data.
         if self._files_before is None:
             return
-        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader  # only here
+        # Imported here, not at start-up, which every command pays for.
+        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+        # This process's own new files only (the writer puts the process id in the name): another command
+        # may be writing into the same run.
+        mine = f".{os.getpid()}."
         for path in set(Path(self.log_dir).glob(_EVENT_FILES)) - self._files_before:
-            if not any(event.HasField("summary") for event in EventFileLoader(str(path)).Load()):
+            empty = not any(event.HasField("summary") for event in EventFileLoader(str(path)).Load())
+            if mine in path.name and empty:
                 path.unlink()
 
 
