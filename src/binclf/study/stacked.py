@@ -250,6 +250,9 @@ class StackedClassifier(LightningModule):
         # mean, as the solo run's ``train_loss`` metric takes it (batch means weighted by batch size).
         self.epoch_loss_sums = torch.zeros(len(self.members))
         self.epoch_rows = torch.zeros(len(self.members))
+        self.members_by_epoch_length: dict[int, list[int]] = {}
+        for k, member in enumerate(self.members):
+            self.members_by_epoch_length.setdefault(member.steps_per_epoch, []).append(k)
 
     def member_outputs(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Every member's logits and per-sample losses, ``[K, n, 1]``, in the stack's order."""
@@ -296,8 +299,12 @@ class StackedClassifier(LightningModule):
         """Record the training loss's mean over the epoch of each member whose epoch ends at ``step``, and
         at the last step over every member's epoch so far, as Lightning ends an epoch cut short by
         ``max_steps``."""
-        last = step == self.steps
-        ended = [k for k, m in enumerate(self.members) if step % m.steps_per_epoch == 0 or last]
+        if step == self.steps:
+            ended = list(range(len(self.members)))
+        else:  # a check per epoch length, not per member: this runs every step
+            ended = [
+                k for length, ks in self.members_by_epoch_length.items() if step % length == 0 for k in ks
+            ]
         if not ended:
             return
         means = (self.epoch_loss_sums[ended] / self.epoch_rows[ended]).tolist()
