@@ -32,14 +32,13 @@ from binclf.from_checkpoint import (
     restore_data_state,
 )
 from binclf.module import BinaryClassifier
-from binclf.monitoring import console
+from binclf.monitoring import RUN_LOGGER, console
 from binclf.monitoring.figures import DiagnosticFigures
 from binclf.monitoring.messages import command_callbacks
 from binclf.monitoring.predictions import PredictionWriter
 from binclf.monitoring.tensorboard import hparams_row, write_hparams_row
 from binclf.parser import BinclfArgumentParser
 from binclf.runs import (
-    RUN_LOGGER,
     RunFolder,
     check_resume,
     check_run_name,

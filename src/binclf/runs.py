@@ -21,11 +21,10 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
 from binclf.from_checkpoint import checked_model_settings, classes_named_in, differences
-from binclf.monitoring import console
+from binclf.monitoring import RUN_LOGGER, console
 from binclf.safe_io import CheckpointError, load_checkpoint
 
 _VERSION = re.compile(r"version_(\d+)")
-RUN_LOGGER = "binclf.monitoring.tensorboard.RunLogger"  # binclf's default logger
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*")
 
 

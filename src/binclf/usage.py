@@ -30,9 +30,7 @@ def top_level_help() -> str:
         "",
         "subcommands:",
     ]
-    for name, description in SUBCOMMANDS.items():
-        wrapped = textwrap.wrap(description, width - 14)
-        lines += [f"  {name:<10}  {wrapped[0]}", *(f"{'':14}{part}" for part in wrapped[1:])]
+    lines += _listed(SUBCOMMANDS, 10, width)
     lines += [
         "",
         "options:",
@@ -43,11 +41,18 @@ def top_level_help() -> str:
     ]
     others = other_commands()
     if others:
-        lines += ["", "other commands (each answers --help):"]
-        for name, description in others.items():
-            wrapped = textwrap.wrap(description, width - 18)
-            lines += [f"  {name:<14}  {wrapped[0]}", *(f"{'':18}{part}" for part in wrapped[1:])]
+        lines += ["", "other commands (each answers --help):", *_listed(others, 14, width)]
     return "\n".join([*lines, ""])
+
+
+def _listed(descriptions: dict[str, str], name_width: int, width: int) -> list[str]:
+    """Each name, then its description wrapped to ``width`` beside it."""
+    indent = name_width + 4
+    lines = []
+    for name, description in descriptions.items():
+        wrapped = textwrap.wrap(description, width - indent) or [""]
+        lines += [f"  {name:<{name_width}}  {wrapped[0]}", *(f"{'':{indent}}{part}" for part in wrapped[1:])]
+    return lines
 
 
 def other_commands() -> dict[str, str]:

@@ -67,8 +67,9 @@ class RunLogger(TensorBoardLogger):
         # may be writing into the same run.
         mine = f".{os.getpid()}."
         for path in set(Path(self.log_dir).glob(_EVENT_FILES)) - self._files_before:
-            empty = not any(event.HasField("summary") for event in EventFileLoader(str(path)).Load())
-            if mine in path.name and empty:
+            if mine in path.name and not any(
+                e.HasField("summary") for e in EventFileLoader(str(path)).Load()
+            ):
                 path.unlink()
 
 

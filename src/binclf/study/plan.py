@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from binclf.monitoring import RUN_LOGGER
+
 RESULT = "result.json"  # each run's outcome, in its folder
 
 
@@ -97,7 +99,7 @@ def plan(
                 "--torch_threads=1",
                 "--trainer.enable_progress_bar=false",
                 "--trainer.enable_model_summary=false",
-                "--trainer.logger=binclf.monitoring.tensorboard.RunLogger",
+                f"--trainer.logger={RUN_LOGGER}",
                 f"--trainer.logger.save_dir={directory.parent}",
                 "--trainer.logger.name=",
                 f"--trainer.logger.version={name}",

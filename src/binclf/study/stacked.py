@@ -264,7 +264,8 @@ class StackedClassifier(LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         features, targets, mask = batch
         _, sample_losses = self.member_outputs(features, targets)
-        losses = (sample_losses[..., 0] * mask).sum(dim=1) / mask.sum(dim=1)  # each member's own rows
+        rows = mask.sum(dim=1)
+        losses = (sample_losses[..., 0] * mask).sum(dim=1) / rows  # each member's own rows
         finite = torch.isfinite(losses)
         if not bool(finite.all()):
             for k in torch.nonzero(~finite)[:, 0].tolist():
@@ -275,8 +276,7 @@ class StackedClassifier(LightningModule):
                 )
         if (batch_idx + 1) % self.log_every == 0:
             self.train_losses.append((batch_idx, losses.detach().tolist()))
-        rows = mask.sum(dim=1)
-        self.epoch_loss_sums += losses.detach() * rows
+        self.epoch_loss_sums += losses.detach() * rows  # batch mean times rows, as the solo run sums it
         self.epoch_rows += rows
         optimizers = self.optimizers(use_pl_optimizer=False)
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
