@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,9 +32,10 @@ def main() -> None:
 
     from torch.profiler import ProfilerActivity, profile
 
-    from binclf.cli import run_cli
+    from binclf.cli import run_command
+    from binclf.main import prepare_process
 
-    sys.argv = sys.argv[:1]
+    prepare_process()
     command = [
         "fit",
         "-c",
@@ -51,7 +51,7 @@ def main() -> None:
         command.append(f"--trainer.default_root_dir={root}")
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
             start = time.perf_counter()
-            cli = run_cli(command)
+            cli = run_command(command)
             torch.cuda.synchronize()
             seconds = time.perf_counter() - start
     steps = cli.trainer.global_step

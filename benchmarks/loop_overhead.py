@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from binclf.cli import run_cli
+from binclf.cli import run_command
 from binclf.data import TwoGaussianDataModule
+from binclf.main import prepare_process
 from binclf.module import BinaryClassifier
-from binclf.monitoring import console
 from binclf.networks import MLP
 
 
@@ -40,7 +40,7 @@ def floor(datamodule: TwoGaussianDataModule, epochs: int) -> tuple[float, int]:
     steps = 0
     start = time.perf_counter()
     for epoch in range(epochs):
-        loader.sampler.set_epoch(epoch)
+        loader.order.set_epoch(epoch)
         for batch in loader:
             optimizer.zero_grad()
             loss, _, _ = model.model_step(batch)
@@ -75,7 +75,7 @@ def binclf_fit(epochs: int, root: str) -> tuple[float, int]:
     args = ["fit", "-c", str(config), f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={root}"]
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        cli = run_cli(args)
+        cli = run_command(args)
     return time.perf_counter() - start, cli.trainer.global_step
 
 
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=70)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    console.quiet_inapplicable_messages()
+    prepare_process()
     warnings.filterwarnings("ignore", message=".*does not have many workers")
     datamodule = TwoGaussianDataModule()
     datamodule.setup("fit")

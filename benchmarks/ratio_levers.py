@@ -25,7 +25,8 @@ from contextlib import redirect_stdout
 from io import StringIO
 from pathlib import Path
 
-from binclf.cli import run_cli
+from binclf.cli import run_command
+from binclf.main import prepare_process
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -61,8 +62,8 @@ def fit_and_test(inputs: str, calibration: str, seed: int, root: str) -> dict[st
     args += [f"--data.standardize={inputs == 'standardised x'}", f"--model.calibration={calibration}"]
     args += [f"--trainer.default_root_dir={root}"]
     with redirect_stdout(StringIO()):
-        run_cli(["fit", *args])
-        test = run_cli(["test", *args])
+        run_command(["fit", *args])
+        test = run_command(["test", *args])
     return {key: float(value) for key, value in test.trainer.callback_metrics.items()}
 
 
@@ -88,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
-    sys.argv = sys.argv[:1]  # LightningCLI would parse this script's arguments too
+    prepare_process()
     runs: dict[tuple[str, str, int], dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for seed in range(args.seeds):

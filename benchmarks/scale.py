@@ -35,13 +35,13 @@ def child(num_samples: int, batch_size: int) -> None:
     from lightning.pytorch import Callback, Trainer
 
     from binclf.data import TwoGaussianDataModule
+    from binclf.main import prepare_process
     from binclf.module import BinaryClassifier
-    from binclf.monitoring import console
     from binclf.monitoring.figures import DiagnosticFigures
     from binclf.networks import MLP
 
     torch.set_num_threads(1)
-    console.quiet_inapplicable_messages()
+    prepare_process()
 
     class Watch(Callback):
         """The RSS every 1% of the epoch's steps, and when training ends (before the figures are drawn)."""

@@ -7,7 +7,7 @@ every command's start or end.
 A whole fit varies by more than these savings from one run to the next on a shared machine, so the savings
 inside a fit are measured as (how often Lightning does the thing in one default fit, counted) x (what each
 time costs with and without the workaround, timed in a tight loop), and set against the fit's CPU time.
-Start and end are timed directly: wall times of whole parses and whole commands, in interleaved rounds.
+The end is timed directly: wall times of whole commands, in interleaved rounds.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.profilers import PassThroughProfiler
 
 import binclf.cli
-from binclf.cli import BinclfCLI, run_cli
+from binclf.cli import run_command
+from binclf.main import prepare_process
 from binclf.module import BinaryClassifier
 from binclf.monitoring.predictions import PredictionWriter
 from binclf.networks import MLP
@@ -89,7 +89,7 @@ def fit(root: str) -> float:
     """One default fit in this process; its CPU time (one torch thread: the work it does)."""
     start = time.process_time()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        run_cli([*FIT, f"--trainer.default_root_dir={root}"])
+        run_command([*FIT, f"--trainer.default_root_dir={root}"])
     return time.process_time() - start
 
 
@@ -139,23 +139,6 @@ def in_fit_savings(root: str) -> tuple[float, dict[str, tuple[int, float]]]:
     }
 
 
-def only_fit() -> dict[str, set[str]]:
-    """The dropped workaround: build the parser of the subcommand named on the command line only."""
-    return {"fit": LightningCLI.subcommands()["fit"]}
-
-
-def parse_seconds(subcommands: Callable[[], dict[str, set[str]]]) -> float:
-    """Wall time of building the CLI's parsers and parsing the default config (``--print_config`` exits)."""
-    with (
-        patched(BinclfCLI, "subcommands", staticmethod(subcommands)),
-        contextlib.redirect_stdout(io.StringIO()),
-    ):
-        start = time.perf_counter()
-        with contextlib.suppress(SystemExit):
-            run_cli(["fit", "-c", str(CONFIG), "--print_config"])
-        return time.perf_counter() - start
-
-
 def command_seconds(command: list[str], cwd: str) -> float:
     start = time.perf_counter()
     subprocess.run(command, cwd=cwd, capture_output=True, check=True)
@@ -166,11 +149,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the start and end timings")
     args = parser.parse_args()
-    sys.argv = sys.argv[:1]  # the CLI gets its arguments directly
+    prepare_process()
     with tempfile.TemporaryDirectory() as root:
         fit(root)  # imports and first-call costs, outside the measurements
         cpu, counted = in_fit_savings(root)
-        start: list[float] = []
         end: list[float] = []
         short = [*FIT, "--trainer.max_epochs=1"]
         normal_exit = [
@@ -179,7 +161,6 @@ def main() -> None:
             "import sys; from binclf.main import cli_main; cli_main(sys.argv[1:])",
         ]
         for _ in range(args.rounds):
-            start.append(parse_seconds(LightningCLI.subcommands) - parse_seconds(only_fit))
             # The same command, ending through the console script or through a normal interpreter exit.
             end.append(
                 command_seconds([*normal_exit, *short], root) - command_seconds([BINCLF, *short], root)
@@ -191,10 +172,7 @@ def main() -> None:
         saved = count * seconds
         results[name] = round(saved, 3)
         print(f"{name:<44}{count:>9}{1e6 * seconds:>9.2f}{saved:>11.3f}{100 * saved / cpu:>10.1f}")
-    for name, values in [
-        ("one subcommand's parser (start, dropped)", start),
-        ("exit without teardown (end)", end),
-    ]:
+    for name, values in [("exit without teardown (end)", end)]:
         results[name] = round(statistics.median(values), 3)
         rounds = " ".join(f"{v:+.2f}" for v in values)
         print(f"{name:<44}{'':>9}{'':>9}{statistics.median(values):>11.3f}{'':>10}   rounds {rounds}")

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 from helpers import DEFAULT_CONFIG, SMALL
 
-from binclf.cli import BinclfCLI, run_cli
+from binclf.cli import BinclfCLI, run_command
+from binclf.main import prepare_process
+
+
+@pytest.fixture(autouse=True)
+def binclf_process_state() -> None:
+    """What the ``binclf`` command sets up in its process before it runs: the tests run commands in their own
+    process, and pytest gives each test the warning filters it started with."""
+    prepare_process()
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +30,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.chdir(root)
     sys.argv = ["binclf"]
     try:
-        run_cli(["fit", "-c", str(DEFAULT_CONFIG), *SMALL, "--trainer.max_epochs=1"])
+        run_command(["fit", "-c", str(DEFAULT_CONFIG), *SMALL, "--trainer.max_epochs=1"])
     finally:
         os.chdir(cwd)
         sys.argv = argv
@@ -41,7 +49,7 @@ def binclf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(sys, "argv", ["binclf"])  # LightningCLI warns when it gets both argv and args
 
     def run(subcommand: str, *extra: str, small: bool = True) -> BinclfCLI:
-        return run_cli([subcommand, "-c", str(DEFAULT_CONFIG), *(SMALL if small else []), *extra])
+        return run_command([subcommand, "-c", str(DEFAULT_CONFIG), *(SMALL if small else []), *extra])
 
     return run
 

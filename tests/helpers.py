@@ -36,3 +36,15 @@ def heavy_imports(module: str, *args: str) -> tuple[subprocess.CompletedProcess,
     imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
     assert "binclf" in imported, result.stderr[-2000:]  # the log is there, and read right
     return result, [name for name in imported if name.split(".")[0] in ("lightning", "torch")]
+
+
+def built(command: str, args: list[str]):
+    """What ``binclf <command> <args>`` builds before it runs: parsed, decided and built as
+    :func:`binclf.cli.run_command` does it, not run."""
+    from binclf.cli import BinclfCLI, request
+    from binclf.runs import RunFolder, decide
+
+    cli = BinclfCLI(command, args)
+    decision = decide(request(command, cli.config, args))
+    cli.build(decision, RunFolder(decision.log_root, decision.run))
+    return cli

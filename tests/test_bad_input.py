@@ -96,7 +96,7 @@ def _weights_only(fitted: Path, where: Path) -> str:
 
 
 def _saved_test_config(fitted: Path, where: Path) -> str:
-    """A config as ``binclf test`` saves it in its run: it holds ``verbose``, which only test takes."""
+    """A config written for ``binclf test``: it holds ``verbose``, which only validate and test take."""
     (where / "config.test-1.yaml").write_text("verbose: false\nckpt_path: null\n")
     return str(where / "config.test-1.yaml")
 
@@ -456,7 +456,11 @@ CASES = {
         ["--ckpt_path", _weights_only],
         "has no 'pytorch-lightning_version'",
     ),
-    "a test config passed to fit": ("fit", ["-c", _saved_test_config], "does not accept option 'verbose'"),
+    "a test config passed to fit": (
+        "fit",
+        ["-c", _saved_test_config],
+        "verbose: binclf fit takes no setting 'verbose'",
+    ),
     "max_epochs of 0": ("fit", ["--trainer.max_epochs=0"], "trainer.max_epochs is 0"),
     "max_steps of 0": ("fit", ["--trainer.max_steps=0"], "trainer.max_steps is 0"),
     "empty predictions file name": (
@@ -493,7 +497,7 @@ CASES = {
     "network larger than memory": (
         "fit",
         ["--model.network.hidden_sizes=[100000, 100000]"],
-        "hidden_sizes=[100000, 100000] would hold 160.0 GB of network weights",
+        "model.network (MLP with input_dim=1, hidden_sizes=[100000, 100000]) would hold 160.0 GB of network",
     ),
     "config whose aliases expand to a billion values": (
         "fit",

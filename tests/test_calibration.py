@@ -12,7 +12,7 @@ import torch
 from helpers import DEFAULT_CONFIG, SMALL
 
 from binclf.calibration import fit_calibration
-from binclf.cli import run_cli
+from binclf.cli import run_command
 
 
 def labels_drawn_from(true_logits: torch.Tensor, seed: int) -> torch.Tensor:
@@ -140,7 +140,7 @@ def test_a_calibration_that_was_never_fitted_is_not_called_fitted(fitted, tmp_pa
     checkpoint = torch.load(fitted, weights_only=True)
     checkpoint["hyper_parameters"]["calibration"] = "temperature"  # buffers still 1 and 0, as before a fit
     torch.save(checkpoint, tmp_path / "unfitted.ckpt")
-    run_cli(["test", "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path=unfitted.ckpt"])
+    run_command(["test", "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path=unfitted.ckpt"])
     out = capsys.readouterr().out
     assert "temperature, never fitted: no validation ran before this checkpoint" in out
     assert "fitted on the validation split" not in out

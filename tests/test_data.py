@@ -63,7 +63,7 @@ def test_test_set_does_not_depend_on_training_size():
 
 
 def epoch_batches(loader: InMemoryBatches, epoch: int) -> list[torch.Tensor]:
-    loader.sampler.set_epoch(epoch)
+    loader.order.set_epoch(epoch)
     return [features for features, _ in loader]
 
 
@@ -78,7 +78,7 @@ def test_shuffle_differs_between_epochs_and_repeats_for_the_same_epoch():
 
 def test_shuffle_mixes_the_classes_within_batches():
     loader = make().train_dataloader()
-    loader.sampler.set_epoch(0)
+    loader.order.set_epoch(0)
     _, targets = next(iter(loader))
     assert 0 < targets.mean().item() < 1
 
@@ -122,7 +122,7 @@ def test_evaluation_shards_split_exactly_into_equal_batch_counts(num_samples, wo
     for rank in range(world_size):
         loader = InMemoryBatches(
             torch.arange(num_samples),
-            sampler=EpochBatchSampler(num_samples, 256, shuffle=False, rank=rank, world_size=world_size),
+            order=EpochBatchSampler(num_samples, 256, shuffle=False, rank=rank, world_size=world_size),
         )
         batches = [batch for (batch,) in loader]
         assert all(len(batch) > 0 for batch in batches)
@@ -197,7 +197,7 @@ def test_every_batch_is_gathered_on_the_device_its_split_was_moved_to():
     datamodule = TwoGaussianDataModule(num_samples=256, num_val_samples=64, batch_size=64)
     datamodule.setup("fit")
     datamodule.trainer = SimpleNamespace(
-        strategy=SimpleNamespace(root_device=device), global_rank=0, world_size=1
+        strategy=SimpleNamespace(root_device=device), global_rank=0, world_size=1, current_epoch=0
     )
     for loader in (datamodule.train_dataloader(), datamodule.val_dataloader()):
         batches = list(loader)

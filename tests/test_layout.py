@@ -56,3 +56,29 @@ def test_no_module_takes_part_in_an_import_circle():
         if name not in done:
             visit(name, [name])
     assert circles == []
+
+
+def test_no_package_takes_part_in_an_import_circle():
+    """As for modules, so for packages: ``runs`` may use ``monitoring``, or ``monitoring`` may use ``runs``,
+    never both."""
+
+    def package(name: str) -> str:
+        parts = name.split(".")
+        return ".".join(parts[:2]) if len(parts) > 2 else name
+
+    graph: dict[str, set[str]] = {}
+    for name, imported in imports().items():
+        graph.setdefault(package(name), set()).update(
+            package(m) for m in imported if package(m) != package(name)
+        )
+    circles = []
+    for start in sorted(graph):
+        stack = [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for nxt in sorted(graph.get(node, ())):
+                if nxt == start:
+                    circles.append(" -> ".join([*path, nxt]))
+                elif nxt not in path:
+                    stack.append((nxt, [*path, nxt]))
+    assert circles == []

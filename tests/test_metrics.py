@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import DEFAULT_CONFIG, SMALL
 
-from binclf.cli import run_cli
+from binclf.cli import run_command
 from binclf.metrics import INFORMATIVE_LLR, LinearFit, PairedAccuracyGap
 
 
@@ -30,7 +30,7 @@ def test_paired_accuracy_gap_is_the_mean_difference_and_its_standard_error():
 def test_oracle_metrics_match_a_computation_from_the_test_points(fitted, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["binclf"])
-    cli = run_cli(["test", "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path", str(fitted)])
+    cli = run_command(["test", "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path", str(fitted)])
     logged = {key: float(value) for key, value in cli.trainer.callback_metrics.items()}
     features, targets = cli.datamodule.test_set
     with torch.no_grad():

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
-from binclf.cli import run_cli
+from binclf.cli import run_command
 
 
 class PlainLoaders(LightningDataModule):
@@ -50,11 +50,11 @@ def test_a_plain_datamodule_fits_tests_and_predicts(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(sys, "argv", ["binclf"])
     common = [f"--data={__name__}.PlainLoaders", "--data.num_samples=600", "--data.batch_size=50"]
     common += ["--trainer.enable_progress_bar=false"]
-    run_cli(["fit", *common, "--trainer.max_epochs=5", "--model.optimizer.lr=0.5"])
+    run_command(["fit", *common, "--trainer.max_epochs=5", "--model.optimizer.lr=0.5"])
     fit_err = capsys.readouterr().err
-    test = run_cli(["test", *common])
+    test = run_command(["test", *common])
     test_out = capsys.readouterr().out
-    run_cli(["predict", *common])
+    run_command(["predict", *common])
     capsys.readouterr()
 
     warnings = [line for line in fit_err.splitlines() if "does not hold its splits in memory" in line]

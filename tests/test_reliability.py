@@ -18,9 +18,11 @@ import torch
 from helpers import DEFAULT_CONFIG, SMALL
 
 from binclf import cli
+from binclf.checkpoint import CheckpointError, load_checkpoint
 from binclf.main import cli_main
+from binclf.monitoring.tensorboard import HPARAMS_FILE
 from binclf.runs import best_checkpoint
-from binclf.safe_io import CheckpointError, SafeCheckpointIO, load_checkpoint
+from binclf.safe_io import SafeCheckpointIO
 
 SCRIPT = str(Path(sys.executable).parent / "binclf")
 EPOCHS = 6
@@ -41,6 +43,11 @@ def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False, env=FAULTS
     )
+
+
+def logged_events(run: Path) -> list[Path]:
+    """The event files a run's logger wrote, one per command that logged: all of them but its HParams row."""
+    return [path for path in run.glob("events.out.tfevents.*") if path.name != HPARAMS_FILE]
 
 
 def _checkpoints(run: Path) -> list[str]:
@@ -85,7 +92,9 @@ def test_divergence_stops_at_once_and_the_best_checkpoint_keeps_the_last_finite_
     assert all(torch.isfinite(t).all() for t in _network_weights(best).values())
     capsys.readouterr()
     cli_main(["test", "-c", str(DEFAULT_CONFIG), *SMALL])
-    assert "Testing checkpoint lightning_logs/version_0/checkpoints/epoch=1" in capsys.readouterr().out
+    assert (
+        "testing lightning_logs/version_0, the latest run of this data: epoch=1-" in capsys.readouterr().out
+    )
 
 
 def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path, monkeypatch, capsys):
@@ -185,12 +194,12 @@ def test_a_stopped_run_resumes_in_its_folder_to_bit_identical_weights(
     assert all(torch.equal(final[name], uninterrupted[name]) for name in uninterrupted)
     # The run's config stays the record of how it began; the resume's config is saved beside it.
     assert (run / "config.yaml").read_bytes() == config
-    assert (
-        "ckpt_path: lightning_logs/version_0/checkpoints/last.ckpt"
-        in (run / "config.resumed-1.yaml").read_text()
-    )
-    # TensorBoard shows one run: the resumed events continue the curves of the first part.
-    assert len(list(run.glob("events.out.tfevents.*"))) == 2
+    resumed = (run / "config.resumed-1.yaml").read_text()
+    assert resumed.startswith("# resuming lightning_logs/version_0 from its last.ckpt, at epoch 3, step ")
+    assert "\nckpt_path: last\n" in resumed
+    # TensorBoard shows one run: the resumed events continue the curves of the first part, beside its row.
+    assert len(logged_events(run)) == 2
+    assert (run / HPARAMS_FILE).is_file()
     events = EventAccumulator(str(run), size_guidance={"scalars": 0})
     events.Reload()
     assert len({event.step for event in events.Scalars("val/acc")}) == EPOCHS  # every epoch's validation
@@ -209,7 +218,8 @@ def test_runs_started_together_get_folders_of_their_own(tmp_path):
     runs = sorted((tmp_path / "lightning_logs").iterdir())
     assert [run.name for run in runs] == ["version_0", "version_1"]
     for run in runs:
-        assert len(list(run.glob("events.out.tfevents.*"))) == 1
+        assert len(logged_events(run)) == 1
+        assert (run / HPARAMS_FILE).is_file()
         assert (run / "config.yaml").is_file()
         assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 2
     # Both ran the same seed on the same data: equal weights show neither wrote into the other's files.
@@ -222,7 +232,7 @@ def test_ddp_ranks_share_each_epoch_and_sync_their_metrics(binclf_process, tmp_p
     """Two ranks over gloo, through the real console script: the process boundary is the point."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from binclf.cli import run_cli
+    from binclf.cli import run_command
     from binclf.data import TwoGaussianDataModule
     from binclf.networks import MLP
 
@@ -271,8 +281,10 @@ def test_ddp_ranks_share_each_epoch_and_sync_their_metrics(binclf_process, tmp_p
     (tmp_path / "single").mkdir()
     monkeypatch.chdir(tmp_path / "single")
     monkeypatch.setattr(sys, "argv", ["binclf"])
-    run_cli(["fit", "-c", str(DEFAULT_CONFIG), *SMALL])
-    single = run_cli(["test", "-c", str(DEFAULT_CONFIG), *SMALL]).trainer.callback_metrics["test/acc"].item()
+    run_command(["fit", "-c", str(DEFAULT_CONFIG), *SMALL])
+    single = (
+        run_command(["test", "-c", str(DEFAULT_CONFIG), *SMALL]).trainer.callback_metrics["test/acc"].item()
+    )
     ddp_acc = test_run.Scalars("test/acc")[-1].value
     n = len(targets)
     assert abs(ddp_acc - single) <= 3 * (2 * single * (1 - single) / n) ** 0.5 + 1 / n
@@ -295,7 +307,10 @@ def test_divergence_found_at_validation_stops_before_that_epoch_is_checkpointed(
     assert load_checkpoint(best)["epoch"] == 0
     assert all(torch.isfinite(t).all() for t in _network_weights(best).values())
     cli_main(["test", "-c", str(DEFAULT_CONFIG), *SMALL])
-    assert f"Testing checkpoint {best.relative_to(tmp_path)}" in capsys.readouterr().out
+    assert (
+        f"testing lightning_logs/version_0, the latest run of this data: {best.name}"
+        in capsys.readouterr().out
+    )
 
 
 def test_resuming_from_best_starts_a_new_run_and_leaves_the_old_one_alone(binclf, tmp_path, capsys):
@@ -306,7 +321,10 @@ def test_resuming_from_best_starts_a_new_run_and_leaves_the_old_one_alone(binclf
     assert load_checkpoint(best)["epoch"] < 3
     capsys.readouterr()
     resumed = binclf("fit", "--trainer.max_epochs=5", "--model.optimizer.lr=3.0", "--ckpt_path=best")
-    assert f"Starting a new run from {best.relative_to(tmp_path)}" in capsys.readouterr().out
+    said = (
+        f"fitting a new run under lightning_logs, from {best.relative_to(tmp_path)} (only a run's last.ckpt"
+    )
+    assert said in capsys.readouterr().out
     assert resumed.trainer.log_dir == str(tmp_path / "lightning_logs" / "version_1")
     assert {path.name: path.read_bytes() for path in old.rglob("*") if path.is_file()} == before
     assert load_checkpoint(tmp_path / "lightning_logs/version_1/checkpoints/last.ckpt")["epoch"] == 4
@@ -465,7 +483,7 @@ def test_a_write_that_fails_in_a_background_thread_is_one_line_not_a_traceback(m
         writer.start()
         writer.join()
 
-    monkeypatch.setattr(cli, "run_cli", run_whose_event_writer_fails)
+    monkeypatch.setattr(cli, "run_command", run_whose_event_writer_fails)
     with pytest.raises(SystemExit) as exit_:
         cli_main(["fit"])
     assert exit_.value.code == 2

@@ -20,14 +20,12 @@ import pytest
 import torch
 import yaml
 from helpers import DEFAULT_CONFIG, SMALL
-from lightning.pytorch.cli import LightningCLI
 
-from binclf import cli
-from binclf.from_checkpoint import build_model, checked_model_settings
+from binclf import cli, runs
+from binclf.checkpoint import CheckpointError, build_model, checked_model_settings, load_checkpoint
 from binclf.main import cli_main
 from binclf.module import BinaryClassifier
 from binclf.networks import MLP
-from binclf.safe_io import CheckpointError, load_checkpoint
 
 # A module the attacker hopes to get imported: planted in the working directory, where `python -m` looks
 # first. Importing it, or calling its function, creates the marker.
@@ -284,7 +282,7 @@ class ImportRecorder:
 def _read_check_and_build(path: Path) -> BinaryClassifier:
     """What ``binclf test --ckpt_path`` does with a checkpoint: read it, check it, build its model."""
     contents = load_checkpoint(path)
-    settings = checked_model_settings(contents["hyper_parameters"], path, BinaryClassifier, {})
+    settings = checked_model_settings(contents["hyper_parameters"], path, BinaryClassifier, None)
     defaults = {"network": MLP(), "calibration": "none"}
     return build_model(settings, contents["state_dict"], BinaryClassifier, defaults, path)
 
@@ -331,20 +329,25 @@ def test_no_jsonargparse_call_while_the_checkpoint_is_applied(fitted, in_tmp, mo
     # The profiler catches jsonargparse when it is called: the check below can fail.
     _, calls = _jsonargparse_calls(jsonargparse.ArgumentParser)
     assert calls
-    # binclf test, with the checkpoint steps recorded as the CLI calls them.
+    # binclf test, with the checkpoint steps recorded as the command calls them.
     recorded = {}
-    for name in ("load_checkpoint", "checked_model_settings", "evaluated_model"):
-        real = getattr(cli, name)
+    steps = {
+        runs: ["load_checkpoint", "checked_model_settings", "checked_data_settings"],
+        cli: ["evaluated_model", "restore_data_state"],
+    }
+    for module, names in steps.items():
+        for name in names:
+            real = getattr(module, name)
 
-        def watched(*args, real=real, name=name, **kwargs):
-            result, calls = _jsonargparse_calls(lambda: real(*args, **kwargs))
-            recorded.setdefault(name, []).extend(calls)
-            return result
+            def watched(*args, real=real, name=name, **kwargs):
+                result, calls = _jsonargparse_calls(lambda: real(*args, **kwargs))
+                recorded.setdefault(name, []).extend(calls)
+                return result
 
-        monkeypatch.setattr(cli, name, watched)
+            monkeypatch.setattr(module, name, watched)
     cli_main(["test", "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path", str(fitted)])
     assert "Test summary" in capsys.readouterr().out
-    assert recorded == {"load_checkpoint": [], "checked_model_settings": [], "evaluated_model": []}
+    assert recorded == {name: [] for names in steps.values() for name in names}
 
 
 def test_a_crafted_file_planted_in_a_run_folder_is_refused_by_the_plain_lookup(fitted, in_tmp, capsys):
@@ -435,17 +438,13 @@ def test_what_a_real_fit_saves_passes_the_check(fitted, in_tmp, capsys):
     assert os.listdir(in_tmp / "lightning_logs")
 
 
-def test_lightningclis_own_checkpoint_parsing_never_sees_the_checkpoint(fitted, in_tmp, monkeypatch, capsys):
-    """Plain LightningCLI reads a ckpt_path's hyperparameters into its parser (``_parse_ckpt_path``); binclf
-    hides the path from that step, and the path is back for the trainer afterwards."""
-    seen = []
-    real = LightningCLI._parse_ckpt_path
-
-    def watched(self):
-        seen.append(self.config[self.config.subcommand].get("ckpt_path"))
-        return real(self)
-
-    monkeypatch.setattr(LightningCLI, "_parse_ckpt_path", watched)
-    test = cli.run_cli(["test", "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path", str(fitted)])
-    assert seen == [None]
-    assert test.config_init["test"].ckpt_path == str(fitted)
+def test_lightningclis_own_checkpoint_parsing_never_sees_the_checkpoint(fitted, in_tmp, capsys):
+    """Plain LightningCLI reads a ``ckpt_path``'s hyperparameters into its parser, as config; binclf parses
+    each command's settings alone, and the checkpoint's model settings never reach the parsed config."""
+    contents = torch.load(fitted, weights_only=True)
+    contents["hyper_parameters"]["network"]["init_args"]["hidden_sizes"] = [64, 64]  # as trained: it fits
+    contents["hyper_parameters"]["optimizer"]["init_args"]["lr"] = 0.123
+    torch.save(contents, in_tmp / "other.ckpt")
+    test = cli.run_command(["test", "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path", "other.ckpt"])
+    assert test.config.model.optimizer.init_args.lr == 0.1  # the command line's, as parsed
+    assert test.model.optimizer.keywords["lr"] == 0.123  # the checkpoint's, checked and built in Python

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from binclf.cli import run_cli
+from binclf.cli import run_command
 from binclf.data import DataError, TabularDataModule
 from binclf.networks import LogisticRegression
 
@@ -31,12 +31,12 @@ def project(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_readme_use_your_own_data_commands(project, capsys):
     # The README's "Use your own data" section, command by command.
-    fit = run_cli(["fit", "-c", "configs/tabular_example.yaml"])
+    fit = run_command(["fit", "-c", "configs/tabular_example.yaml"])
     assert fit.model.network.layers[0].in_features == 4  # linked from the table's feature columns
-    test = run_cli(["test", "-c", "configs/tabular_example.yaml"])
+    test = run_command(["test", "-c", "configs/tabular_example.yaml"])
     assert test.trainer.callback_metrics["test/acc"] > 0.85
     capsys.readouterr()
-    predict = run_cli(
+    predict = run_command(
         [
             "predict",
             "-c",
@@ -71,7 +71,7 @@ def test_readme_use_your_own_data_commands(project, capsys):
 
 
 def test_swapping_the_network_from_the_command_line(project):
-    fit = run_cli(
+    fit = run_command(
         [
             "fit",
             "-c",
@@ -88,7 +88,7 @@ def test_swapping_the_network_from_the_command_line(project):
         128,
         1,
     ]
-    fit = run_cli(
+    fit = run_command(
         ["fit", "-c", "configs/default.yaml", "--trainer.max_epochs=2", "--model.network=LogisticRegression"]
     )
     assert isinstance(fit.model.network, LogisticRegression)
@@ -230,15 +230,15 @@ def test_predict_and_test_files_are_checked_too(tmp_path):
 def test_a_checkpoints_label_names_decide_the_classes_when_the_config_leaves_them_out(project, capsys):
     # Trained with the classes the other way round from the shipped config.
     swapped = ["--data.label_names=[spam, ham]"]
-    run_cli(["fit", "-c", "configs/tabular_example.yaml", "--trainer.max_epochs=10", *swapped])
-    named = run_cli(["test", "-c", "configs/tabular_example.yaml", *swapped]).trainer.callback_metrics
-    left_out = run_cli(["test", "-c", "configs/tabular_example.yaml", "--data.label_names=null"])
+    run_command(["fit", "-c", "configs/tabular_example.yaml", "--trainer.max_epochs=10", *swapped])
+    named = run_command(["test", "-c", "configs/tabular_example.yaml", *swapped]).trainer.callback_metrics
+    left_out = run_command(["test", "-c", "configs/tabular_example.yaml", "--data.label_names=null"])
     assert left_out.datamodule.label_names == ["spam", "ham"]
     assert left_out.trainer.callback_metrics["test/acc"] == named["test/acc"]
     assert named["test/acc"] > 0.85
     # Naming them the other way round is a contradiction, not a choice.
     with pytest.raises(DataError, match=re.escape("but the checkpoint was trained with ['spam', 'ham']")):
-        run_cli(["test", "-c", "configs/tabular_example.yaml"])
+        run_command(["test", "-c", "configs/tabular_example.yaml"])
 
 
 def test_tables_from_spreadsheets_and_yaml_label_names_read_as_written(project):
@@ -247,7 +247,7 @@ def test_tables_from_spreadsheets_and_yaml_label_names_read_as_written(project):
         ("\ufeffx,label\n" + rows).encode()
     )  # a byte-order mark, as Excel writes
     # Unquoted, YAML reads no and yes as booleans; they still mean the labels they were written as.
-    fit = run_cli(
+    fit = run_command(
         [
             "fit",
             "-c",
@@ -263,7 +263,7 @@ def test_tables_from_spreadsheets_and_yaml_label_names_read_as_written(project):
 
 
 def test_test_and_predict_standardise_with_the_statistics_the_model_was_trained_with(project):
-    fit = run_cli(["fit", "-c", "configs/tabular_example.yaml", "--trainer.max_epochs=2"])
+    fit = run_command(["fit", "-c", "configs/tabular_example.yaml", "--trainer.max_epochs=2"])
     trained = torch.load(fit.trainer.checkpoint_callback.best_model_path, weights_only=True)[
         "TabularDataModule"
     ]
@@ -275,6 +275,6 @@ def test_test_and_predict_standardise_with_the_statistics_the_model_was_trained_
     assert fresh.mean != trained["mean"]
     for subcommand in ("test", "predict"):
         extra = ["--data.predict_path=configs/examples/new_emails.csv"] if subcommand == "predict" else []
-        cli = run_cli([subcommand, "-c", "configs/tabular_example.yaml", *other_split, *extra])
+        cli = run_command([subcommand, "-c", "configs/tabular_example.yaml", *other_split, *extra])
         assert cli.datamodule.mean == trained["mean"]
         assert cli.datamodule.std == trained["std"]

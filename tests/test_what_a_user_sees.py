@@ -19,9 +19,9 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
 from binclf import __version__
-from binclf.cli import run_cli
+from binclf.checkpoint import load_checkpoint
+from binclf.cli import run_command
 from binclf.main import cli_main
-from binclf.safe_io import load_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -176,33 +176,35 @@ def test_the_lookup_skips_runs_of_another_kind_of_data(tmp_path, monkeypatch, ca
     monkeypatch.setattr(sys, "argv", ["binclf"])
     tabular = ["-c", "configs/tabular_example.yaml", "--trainer.max_epochs=1"]
     gaussian = ["-c", str(DEFAULT_CONFIG), *SMALL]
-    run_cli(["fit", *tabular])  # version_0
+    run_command(["fit", *tabular])  # version_0
     with pytest.raises(SystemExit):
         cli_main(["test", *gaussian])
     message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert message.startswith("binclf: error: no run under lightning_logs was trained on this kind of data")
-    assert "lightning_logs/version_0, was trained on TabularDataModule, not TwoGaussianDataModule" in message
-    assert "pass --ckpt_path" in message
-    run_cli(["fit", *gaussian, "--trainer.max_epochs=1"])  # version_1
-    run_cli(["fit", *tabular])  # version_2, the newest
+    assert message == (
+        "binclf: error: no run under lightning_logs was trained on this data (TwoGaussianDataModule, dim 1); "
+        "the newest are lightning_logs/version_0 (TabularDataModule): pass --ckpt_path FILE, or -c a run's "
+        "config.yaml, to evaluate one"
+    )
+    run_command(["fit", *gaussian, "--trainer.max_epochs=1"])  # version_1
+    run_command(["fit", *tabular])  # version_2, the newest
     capsys.readouterr()
-    run_cli(["test", *gaussian])
-    assert "Testing checkpoint lightning_logs/version_1/" in capsys.readouterr().out
+    run_command(["test", *gaussian])
+    assert "testing lightning_logs/version_1, the latest run of this data: " in capsys.readouterr().out
 
 
 def test_version_help_and_the_articles_experiment_without_a_config(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["binclf"])
     with pytest.raises(SystemExit):
-        run_cli(["--version"])
+        run_command(["--version"])
     assert capsys.readouterr().out.strip() == f"binclf {__version__}"
     with pytest.raises(SystemExit):
-        run_cli(["fit", "--help"])
+        run_command(["fit", "--help"])
     help_text = capsys.readouterr().out
     # Settings that take any torch module list binclf's own and count the rest, instead of hundreds.
     assert "binclf.networks.MLP, binclf.networks.LogisticRegression, and" in help_text
     assert "torch.nn.Hardtanh" not in help_text
     with pytest.raises(SystemExit):
-        run_cli(["fit", "--print_config"])
+        run_command(["fit", "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["max_epochs"] == 70
     # The logger and the progress bar in use, not Lightning's null for "its default".

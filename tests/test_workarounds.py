@@ -12,9 +12,16 @@ import torch
 from faults import CountingProfiler
 from helpers import DEFAULT_CONFIG, SMALL
 
-import binclf.safe_io
-from binclf.cli import run_cli
-from binclf.workarounds import built_by_lightning_cli, once_per_point
+import binclf.checkpoint
+from binclf.checkpoint import load_checkpoint
+from binclf.cli import run_command
+from binclf.data import TwoGaussianDataModule
+from binclf.workarounds import (
+    built_by_lightning_cli,
+    datamodule_state_key,
+    lightning_cli_settings,
+    once_per_point,
+)
 
 
 def test_lightning_cli_says_when_it_builds_the_module(binclf):
@@ -70,9 +77,9 @@ def test_the_checkpoint_is_read_once_and_lightning_cli_does_not_read_it_again(fi
         return load(path, *args, **kwargs)
 
     monkeypatch.setattr(torch, "load", counting_load)
-    run_cli(["test", "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path", str(fitted)])
+    run_command(["test", "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path", str(fitted)])
     assert reads.count(str(fitted)) == 1
-    assert binclf.safe_io.torch.load is counting_load  # the count saw every read binclf makes
+    assert binclf.checkpoint.torch.load is counting_load  # the count saw every read binclf makes
 
 
 def test_a_mean_metric_that_lets_nan_show_still_ignores_weights():
@@ -90,3 +97,40 @@ def test_a_mean_metric_that_lets_nan_show_still_ignores_weights():
     assert per_point.compute() == pytest.approx(64 / 80)
     per_point.update(torch.tensor(float("nan")).expand(3))
     assert per_point.compute().isnan()  # and a NaN loss still shows
+
+
+def test_lightning_cli_still_saves_the_class_and_its_own_function_beside_the_settings(fitted):
+    contents = load_checkpoint(fitted)
+    data, model = contents["datamodule_hyper_parameters"], contents["hyper_parameters"]
+    # What lightning_cli_settings takes apart: when this fails, LightningCLI saves hyperparameters otherwise.
+    assert data["_class_path"] == "binclf.data.TwoGaussianDataModule"
+    assert data["_instantiator"] == model["_instantiator"] == "lightning.pytorch.cli.instantiate_module"
+    class_path, settings = lightning_cli_settings(data)
+    assert class_path == "binclf.data.TwoGaussianDataModule"
+    assert not [key for key in settings if key.startswith("_")]
+    assert settings["num_samples"] == 1000
+
+
+def test_lightning_still_keeps_a_data_modules_state_under_its_class_name(fitted):
+    contents = load_checkpoint(fitted)
+    key = datamodule_state_key(TwoGaussianDataModule())
+    assert contents[key]["trained_num_samples"] == 1000  # what restore_data_state hands the data module
+
+
+@pytest.mark.slow
+def test_ending_now_runs_nothing_on_the_way_out(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import atexit
+        from pathlib import Path
+        from binclf.workarounds import end_now
+
+        atexit.register(lambda: Path({str(tmp_path / "atexit")!r}).touch())
+        end_now(5)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 5, result.stderr
+    assert not (tmp_path / "atexit").exists()

@@ -1,85 +1,142 @@
-"""LightningCLI, wired for binclf: its defaults, a run folder per fit, and checkpoints found and checked.
+"""The ``binclf`` command: LightningCLI, wired for binclf, and each subcommand in the order it happens
+(:func:`run_command`): parse the settings, decide what the command runs on, build, run, report.
 
-The rules live beside it: run folders, checkpoint lookup and resuming in :mod:`binclf.runs`; building an
-evaluated model from a checkpoint's checked values in :mod:`binclf.from_checkpoint`; checkpoint safety in
-:mod:`binclf.safe_io`; bad input, signals and the clean-up after a failure in :mod:`binclf.command`; what a
-command says in :mod:`binclf.monitoring.messages`.
+What a command runs on (which run, which checkpoint, which settings) is decided in :mod:`binclf.runs`,
+checkpoints are read and checked in :mod:`binclf.checkpoint`, and what a command says is in
+:mod:`binclf.monitoring.messages`; bad input, signals and the clean-up after a failure are in
+:mod:`binclf.command`.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import set_parsing_settings
+import yaml
+from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import (
-    ModelCheckpoint,
-)
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
-from binclf import __version__
-from binclf.command import after_failure, check_config_files, check_settings
-from binclf.from_checkpoint import (
-    as_config,
-    checked_model_settings,
-    classes_named_in,
-    evaluated_model,
-    restore_data_state,
-)
+from binclf.checkpoint import as_config, check_weights, evaluated_model, restore_data_state
+from binclf.command import after_failure, check_config_files, check_settings, config_files
+from binclf.data.contract import what_it_misses
+from binclf.limits import require_memory
 from binclf.module import BinaryClassifier
 from binclf.monitoring import RUN_LOGGER, console
 from binclf.monitoring.figures import DiagnosticFigures
-from binclf.monitoring.messages import command_callbacks
+from binclf.monitoring.messages import command_callbacks, report
 from binclf.monitoring.predictions import PredictionWriter
-from binclf.monitoring.tensorboard import hparams_row, write_hparams_row
-from binclf.parser import BinclfArgumentParser
-from binclf.runs import (
-    RunFolder,
-    check_resume,
-    check_run_name,
-    checkpoint_filename,
-    find_checkpoint,
-    log_root,
-)
-from binclf.safe_io import SafeCheckpointIO, load_checkpoint
+from binclf.monitoring.tensorboard import hparams_row, tested_on, write_hparams_row
+from binclf.oracle import scoring_callbacks
+from binclf.parser import BinclfArgumentParser, unknown_command
+from binclf.runs import Decision, Request, RunFolder, check_run_name, checkpoint_filename, decide
+from binclf.safe_io import SafeCheckpointIO, atomic_write
+from binclf.usage import SUBCOMMANDS, answered_at_once
 from binclf.workarounds import NullProfiler
 
-_EVALUATING = ("validate", "test", "predict")
+
+def run_command(args: list[str]) -> BinclfCLI:
+    """Run one ``binclf`` command, ``args`` as on the command line, and return its CLI, whose ``trainer``
+    holds the results (for tests)."""
+    command, args = _split(args)
+    check_config_files(args)
+    cli = BinclfCLI(command, args)  # parse: LightningCLI's parser checks every setting
+    check_settings(cli.config, command)
+    decision = decide(request(command, cli.config, args))  # what the command runs on, decided once
+    console.say(decision.line())
+    if decision.finished is not None:
+        return cli
+    folder = RunFolder(decision.log_root, decision.run)
+    try:
+        cli.build(decision, folder)  # the data module, model and trainer for that run
+        _run(cli, decision, folder)
+        report(command, cli.trainer, cli.model, decision.differences)
+    except BaseException as error:
+        outcome = after_failure(error, folder, getattr(cli, "trainer", None), command == "fit")
+        if outcome is error:
+            raise
+        raise outcome from None
+    return cli
+
+
+def _run(cli: BinclfCLI, decision: Decision, folder: RunFolder) -> None:
+    """Run the command with the trainer, the run's HParams row saying what it runs with."""
+    command, trainer, model, data = decision.command, cli.trainer, cli.model, cli.datamodule
+    missing = what_it_misses(data)
+    if missing is not None:
+        console.warn(missing)
+    keeps_the_row = trainer.is_global_zero and folder.path is not None
+    if command == "fit":
+        if keeps_the_row:  # a new run's row, or a continued run's, with the budget it now trains to
+            write_hparams_row(folder.path, hparams_row(cli.config, model.hparams))
+        trainer.fit(model, datamodule=data, ckpt_path=decision.checkpoint)
+    elif command == "predict":
+        trainer.predict(model, datamodule=data, return_predictions=False)
+    else:
+        getattr(trainer, command)(model, datamodule=data, verbose=cli.config.verbose)
+        if keeps_the_row:
+            tested_on(folder.path, command, decision.differences)
+
+
+def _split(args: list[str]) -> tuple[str, list[str]]:
+    """The subcommand, and its arguments; ``--help`` and ``--version`` are answered here."""
+    if answered_at_once(args):
+        raise SystemExit(0)
+    if args[0] not in SUBCOMMANDS:
+        raise unknown_command(args[0])
+    return args[0], args[1:]
 
 
 class BinclfCLI(LightningCLI):
-    """LightningCLI whose ``test``, ``validate`` and ``predict`` find the latest run's best checkpoint,
-    whose ``fit --ckpt_path last`` resumes the latest run in its own folder, whose checkpoints are checked
-    before anything they name is built, and whose runs each claim a folder of their own and never leave
-    one behind that looks finished when they fail."""
+    """LightningCLI for one binclf ``command``: it parses the command's settings; :meth:`build` then builds
+    the data module, model and trainer for the run :func:`binclf.runs.decide` chose, and
+    :func:`run_command` runs the command."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._command_line = list(sys.argv[1:] if kwargs.get("args") is None else kwargs["args"])
-        self.run_folder = RunFolder(None)  # worked out from the config once it is parsed
-        self.checkpoint: tuple[Path, dict[str, Any]] | None = None  # --ckpt_path and its checked contents
-        self.model_settings: dict[str, Any] = {}  # the checkpoint's, checked (binclf.from_checkpoint)
-        try:
-            super().__init__(*args, **kwargs)  # LightningCLI parses, builds and runs, all in here
-        except BaseException as error:
-            fitting = hasattr(self, "config") and self.config.get("subcommand") == "fit"
-            outcome = after_failure(error, self.run_folder, getattr(self, "trainer", None), fitting)
-            if outcome is error:
-                raise
-            raise outcome from None
+    def __init__(self, command: str, args: list[str]) -> None:
+        self.command = command
+        super().__init__(
+            BinaryClassifier,
+            LightningDataModule,  # any data module by class_path; TwoGaussianDataModule unless one is named
+            subclass_mode_data=True,
+            save_config_callback=None,  # binclf saves each command's config into its run (RunConfig)
+            seed_everything_default=0,
+            # Without a config, `binclf fit` is the article's experiment: the other defaults already are.
+            # The logger and progress bar that Lightning would choose are binclf's; --print_config says so.
+            trainer_defaults={
+                "max_epochs": 70,
+                "logger": {"class_path": RUN_LOGGER},
+                "enable_progress_bar": True,
+            },
+            auto_configure_optimizers=False,
+            parser_kwargs={
+                "prog": f"binclf {command}",
+                "description": SUBCOMMANDS[command],
+                "command": command,
+            },
+            parser_class=BinclfArgumentParser,
+            args=args,
+            run=False,  # binclf runs the command itself, once it has decided what it runs on
+        )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
-            "--torch_threads",
-            type=int,
-            default=1,
-            help="torch intra-op threads. A model this small is fastest on one: more threads only add "
-            "synchronisation, and slow down badly when another process is busy on a core. "
-            "0 keeps torch's choice.",
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="the checkpoint: a file, `best` or `last` of the run found (the run whose config -c gives, "
+            + (
+                "else the latest run of this data)"
+                if self.command != "fit"
+                else "else the latest run of this "
+                "data); fit continues a run from its last, and starts a new run from any other"
+            ),
         )
         parser.add_argument(
             "--run_name",
@@ -89,12 +146,24 @@ class BinclfCLI(LightningCLI):
             "shows as <run_name>/version_N; test, validate and predict then evaluate that name's latest run",
         )
         parser.add_argument(
-            "--resume_with_other_data",
-            type=bool,
-            default=False,
-            help="fit --ckpt_path: train on data settings other than those the checkpoint was trained with "
-            "(refused otherwise, since it is usually a mistake)",
+            "--torch_threads",
+            type=int,
+            default=0,
+            help="torch intra-op threads; 0 keeps torch's choice. A model as small as the article's is "
+            "fastest on one, and slows down badly with more when another process is busy on a core.",
         )
+        if self.command == "fit":
+            parser.add_argument(
+                "--resume_with_other_data",
+                type=bool,
+                default=False,
+                help="with --ckpt_path: train on data settings other than those the checkpoint was trained "
+                "with (refused otherwise, since it is usually a mistake)",
+            )
+        if self.command in ("validate", "test"):
+            parser.add_argument(
+                "--verbose", type=bool, default=False, help="also print Lightning's table of raw values"
+            )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -121,129 +190,245 @@ class BinclfCLI(LightningCLI):
         )
         parser.link_arguments("data.input_dim", "model.network.init_args.input_dim", apply_on="instantiate")
 
-    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
-        subcommand = self.config.get("subcommand")
-        if subcommand is None:
-            return
-        config = self.config[subcommand]
-        check_run_name(config.get("run_name"))
-        self.run_folder = RunFolder(log_root(config.trainer, config.get("run_name")))
-        if config.get("run_name") and self.run_folder.root is None:
-            raise ValueError("--run_name: the configured logger names its own folders; name the run there")
-        if subcommand not in _EVALUATING and not config.get("ckpt_path"):
-            return
-        # Found, read once and checked as plain data. No parser sees the checkpoint's model settings, and
-        # nothing they name is imported: evaluation builds the model from them in Python
-        # (instantiate_classes); a resume must have the config's own.
-        dirpath = config.checkpoint.get("dirpath")
-        path = find_checkpoint(config.ckpt_path, self.run_folder.root, dirpath, data=config.data.as_dict())
-        contents = load_checkpoint(path)
-        self.checkpoint = path, contents
-        if subcommand == "fit":
-            check_resume(path, contents, config, self.model_class, self.run_folder)
-        else:
-            own_classes = classes_named_in(config.as_dict())
-            hyperparameters = contents.get("hyper_parameters", {})
-            self.model_settings = checked_model_settings(hyperparameters, path, self.model_class, own_classes)
-            if (version := self.run_folder.version_of(path)) is not None:
-                self.run_folder.resume(version)  # one fitted run, one TensorBoard run: its tests log into it
-        # LightningCLI would read the checkpoint's hyperparameters into its parser (``_parse_ckpt_path``);
-        # without a ckpt_path it skips that. Restored in before_instantiate_classes.
-        config.ckpt_path = None
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config  # no subcommand: run=False
-        if self.checkpoint is not None:
-            config.ckpt_path = str(self.checkpoint[0])
-        check_settings(config, self.subcommand)
-        if config.checkpoint.get("filename") is None and config.checkpoint.get("monitor"):
-            config.checkpoint.filename = checkpoint_filename(config.checkpoint.monitor)
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
-        # The run's saved config keeps the logger as given, without the version this run claims below, so
-        # that ``-c lightning_logs/version_N/config.yaml`` repeats the run, or tests it, like any config.
-        self._logger_as_given = copy.deepcopy(config.trainer.get("logger"))
-        if not config.trainer.get("fast_dev_run"):  # which writes no logs: no folder to claim
-            config_name = self.run_folder.point_logger_here(config.trainer, self.subcommand)
-            if config_name is not None:
-                self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": config_name}
-
     def instantiate_classes(self) -> None:
-        super().instantiate_classes()
-        if self.checkpoint is not None and self.subcommand != "fit":
-            # Evaluated as the checkpoint was trained; the run's saved config records its settings.
-            self.model = evaluated_model(self.model, self.model_settings, *self.checkpoint)
-            for key, value in as_config(self.model_settings).items():
-                self.config[self.subcommand].model[key] = value
+        """Nothing is built while LightningCLI parses: :func:`run_command` first decides what the command
+        runs on, then calls :meth:`build`."""
 
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        config = self._get(self.config_init, "trainer", default={})
-        plugins = config.get("plugins") or []
+    def build(self, decision: Decision, folder: RunFolder) -> None:
+        """The data module, model and trainer for ``decision``, logging into ``folder`` (claimed now for a
+        new run)."""
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
+        saves = not self.config.trainer.get("fast_dev_run")  # a smoke test saves nothing
+        if folder.path is None and folder.root is not None and saves and rank_zero_only.rank == 0:
+            folder.claim(_logger_version(self.config))
+        self.config_init = self.instantiated(self.config)
+        self.datamodule, self.model = self._data_and_model(decision)
+        self.trainer = self.instantiate_trainer(**self._trainer_settings(decision, folder, saves))
+
+    def _data_and_model(self, decision: Decision) -> tuple[Any, Any]:
+        """A fit's data module and model are the config's; an evaluation's are the run's own, built in Python
+        from the settings its checkpoint gave; both get what the checkpoint holds of them."""
+        data, model = self.config_init.data, self.config_init.model
+        if decision.checkpoint is None:
+            return data, model
+        if decision.command == "fit":
+            check_weights(decision.contents, model, decision.checkpoint)  # Lightning loads them
+        else:
+            data = type(data)(**decision.data)
+            model = evaluated_model(model, decision.model, decision.checkpoint, decision.contents)
+        restore_data_state(data, decision.checkpoint, decision.contents)
+        return data, model
+
+    def _trainer_settings(self, decision: Decision, folder: RunFolder, saves: bool) -> dict[str, Any]:
+        """What binclf gives the trainer beside the config's settings: its callbacks, the logger in the run's
+        folder, the checkpoint I/O that reads checkpoints as data, a profiler that records nothing."""
+        trainer, model, data = self.config_init.trainer, self.model, self.datamodule
+        best = self.config_init.checkpoint
+        if best.filename is None and best.monitor:  # named after the metric it is chosen by
+            best.filename = checkpoint_filename(best.monitor)
+        callbacks = trainer.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        ours, bar = command_callbacks(decision.command, trainer, callbacks, model, decision.contents)
+        if decision.command in ("fit", "test"):  # a fit's trainer may test its best checkpoint next
+            ours += scoring_callbacks(data, model)
+        if (folder.root is not None or folder.path is not None) and saves:
+            # On every DDP rank, as Lightning's own: it syncs them. Global rank zero writes, into its folder.
+            name = folder.config_name(decision.command, decision.resumes) if folder.path else None
+            path = folder.path / name if name else None
+            ours.append(RunConfig(self.parser, self._record(decision), path, decision.line()))
+        settings: dict[str, Any] = {"callbacks": [*callbacks, *ours]}
+        logger = _logger_in(trainer.get("logger"), self.config.trainer, folder.path)
+        if logger is not None:
+            settings["logger"] = logger
+        plugins = trainer.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
-            kwargs["plugins"] = [*plugins, SafeCheckpointIO(checked=self.checkpoint)]
-        callbacks = config.get("callbacks") or []
-        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        scheduled = self.subcommand == "fit" and self.config["fit"].model.lr_scheduler is not None
-        in_its_run = self.run_folder.version is not None
-        ours, bar = command_callbacks(
-            self.subcommand, config, callbacks, scheduled, self.checkpoint, in_its_run
-        )
-        kwargs["callbacks"] = [*callbacks, *ours]
+            checked = (decision.checkpoint, decision.contents) if decision.checkpoint is not None else None
+            settings["plugins"] = [*plugins, SafeCheckpointIO(checked=checked)]
+        if trainer.get("profiler") is None:
+            settings["profiler"] = NullProfiler()
         if not bar:
-            kwargs["enable_progress_bar"] = False
-        if config.get("profiler") is None:
-            kwargs["profiler"] = NullProfiler()
-        return super().instantiate_trainer(**kwargs)
+            settings["enable_progress_bar"] = False
+        return settings
 
-    def after_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        config.trainer.logger = self._logger_as_given  # the trainer's logger is built; see above
-        if self.checkpoint is not None:
-            restore_data_state(self.datamodule, *self.checkpoint)
+    def _record(self, decision: Decision) -> Namespace:
+        """The command's config as its run keeps it: every setting of the run, for an evaluation the model
+        and data settings its checkpoint gave; but neither the logger's version, which is where the run
+        went, not how it ran, nor the options of one command only (``verbose``, ``resume_with_other_data``).
+        With ``-c`` any command takes it; in the run's folder it names that run, and ``--ckpt_path`` as the
+        command was given it (``best``, say) finds the same kind of checkpoint there again."""
+        record = self.config.clone()
+        if decision.checkpoint is not None and decision.command != "fit":
+            record.data.init_args = Namespace(**decision.data)
+            for key, value in as_config(decision.model).items():
+                record.model[key] = value
+        for option in ("verbose", "resume_with_other_data"):
+            if option in record:
+                del record[option]
+        logger = record.trainer.get("logger")
+        if (
+            isinstance(logger, Namespace)
+            and (logger.get("init_args") or Namespace()).get("version") is not None
+        ):
+            logger.init_args.version = None
+        return record
 
-    def before_fit(self) -> None:
-        if self.trainer.is_global_zero:
-            write_hparams_row(self.trainer.loggers, hparams_row(self.config["fit"], self.model.hparams))
-
-    def before_test(self) -> None:
-        """binclf prints its own summary after ``test``; Lightning's table of raw values comes back with
-        ``--verbose true``."""
-        if not any(arg.startswith("--verbose") for arg in self._command_line):
-            self.config_init[self.subcommand].verbose = False
-
-    before_validate = before_test
+    def instantiated(self, config: Namespace) -> Namespace:
+        """Every class ``config`` names, built, the network planned first on the meta device, which
+        allocates nothing: settings that would need more memory than this machine has are refused before
+        any of it is allocated."""
+        network = configured_network(config)
+        planned = [(_planned_network, network[1], False)] if network is not None else []
+        return self.parser.instantiate(config, instantiators=planned)
 
 
-def run_cli(args: list[str] | None = None, *, run: bool = True) -> BinclfCLI:
-    """Run one ``binclf`` command and return the CLI, whose ``trainer`` holds the results (for tests).
+class RunConfig(SaveConfigCallback):
+    """Saves the command's config into its run folder as ``path``, headed by the line that said what the
+    command ran on (the checkpoint file, the data)."""
 
-    With ``run=False`` (LightningCLI's own option), ``args`` are a ``fit``'s arguments without the
-    subcommand, and the CLI builds the model, data module and trainer as ``binclf fit`` would, and stops.
-    """
-    console.quiet_inapplicable_messages()
-    console.show_binclf_messages()
-    check_config_files(sys.argv[1:] if args is None else args)
-    # For the user's own config files and arguments (checkpoints never reach the parser): jsonargparse
-    # keeps a class spec that stands where any value is accepted as data instead of building it, and refuses
-    # import paths on its denylist (os, subprocess, builtins.eval, ...) instead of only warning.
-    set_parsing_settings(instantiate_subclass_spec_in_any=False, import_path_denylist=[])
-    return BinclfCLI(
-        BinaryClassifier,
-        LightningDataModule,  # any data module by class_path; TwoGaussianDataModule unless the config says
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        # Without a config, `binclf fit` is the article's experiment: the other defaults already are.
-        # The logger and progress bar that Lightning would choose are binclf's, and --print_config says so.
-        trainer_defaults={
-            "max_epochs": 70,
-            "logger": {"class_path": RUN_LOGGER},
-            "enable_progress_bar": True,
-        },
-        auto_configure_optimizers=False,
-        parser_kwargs={"prog": "binclf", "version": __version__},
-        parser_class=BinclfArgumentParser,
-        args=args,
-        run=run,
+    def __init__(
+        self, parser: LightningArgumentParser, config: Namespace, path: Path | None, line: str
+    ) -> None:
+        super().__init__(parser, config, save_to_log_dir=False)
+        self.path, self.line = path, line
+
+    def save_config(self, *_: Any) -> None:  # on global rank zero only
+        text = f"# {self.line}\n" + self.parser.dump(self.config, skip_none=False, skip_validation=True)
+        atomic_write(self.path, lambda tmp: tmp.write_text(text))
+
+
+def request(command: str, config: Namespace, args: list[str]) -> Request:
+    """What the parsed ``config`` asks the command to run on: plain values for :func:`binclf.runs.decide`."""
+    check_run_name(config.get("run_name"))
+    root = log_root(config.trainer, config.get("run_name"))
+    if config.get("run_name") and root is None:
+        raise ValueError("--run_name: the configured logger names its own folders; name the run there")
+    data_class = _imported(config.data.class_path)
+    dirpath = config.checkpoint.get("dirpath")
+    return Request(
+        command,
+        ckpt_path=config.get("ckpt_path"),
+        log_root=root,
+        run_name=config.get("run_name"),
+        logger_version=_logger_version(config),
+        checkpoint_dir=Path(dirpath) if dirpath else None,
+        config_files=tuple(Path(path) for path in config_files(args)),
+        data_class=data_class,
+        data=(config.data.get("init_args") or Namespace()).as_dict(),
+        given=given_settings(args, "data"),
+        model_class=BinaryClassifier,
+        model=config.model.as_dict(),
+        network=configured_network(config),
+        max_epochs=config.trainer.get("max_epochs"),
+        max_steps=config.trainer.get("max_steps", -1),
+        resume_with_other_data=config.get("resume_with_other_data", False),
     )
+
+
+def log_root(trainer: Namespace, run_name: str | None = None) -> Path | None:
+    """Where the configured logger keeps its runs, read from the config before it is built (under
+    ``run_name`` when there is one); ``None`` for a logger that names its own folders, or none."""
+    logger = trainer.get("logger")
+    default_root = Path(trainer.get("default_root_dir") or ".")
+    if logger is None or logger is True:  # Lightning's default logger: binclf's defaults make it a RunLogger
+        base = default_root / "lightning_logs"
+    elif not isinstance(logger, Namespace) or not _versioned(logger.get("class_path")):
+        return None
+    else:
+        init_args = logger.get("init_args") or Namespace()
+        save_dir = init_args.get("save_dir") or (default_root if logger.class_path == RUN_LOGGER else None)
+        if not save_dir:
+            return None
+        name = init_args.get("name")
+        base = Path(save_dir) / ("lightning_logs" if name is None else name)
+    return base / run_name if run_name else base
+
+
+def _versioned(class_path: Any) -> bool:
+    """Whether binclf decides the runs of a logger: its own, and Lightning's TensorBoard and CSV loggers."""
+    return class_path == RUN_LOGGER or str(class_path).endswith((".TensorBoardLogger", ".CSVLogger"))
+
+
+def _logger_version(config: Namespace) -> int | str | None:
+    logger = config.trainer.get("logger")
+    return (logger.get("init_args") or Namespace()).get("version") if isinstance(logger, Namespace) else None
+
+
+def _logger_in(built: Any, trainer: Namespace, run: Path | None) -> Logger | None:
+    """The configured logger, logging into the run folder ``run``: built anew with the config's settings and
+    the run's place, which the config does not say. ``None``: the trainer keeps the logger as built."""
+    spec = trainer.get("logger")
+    versioned = isinstance(built, (TensorBoardLogger, CSVLogger)) and isinstance(spec, Namespace)
+    if run is None or not versioned:
+        return None
+    settings = (spec.get("init_args") or Namespace()).as_dict()
+    # Where neither the logger nor the trainer names a folder: the current one, as a full path, as Lightning's
+    # default logger has it.
+    named = settings.get("save_dir") or trainer.get("default_root_dir")
+    place = run.parent if named else run.parent.absolute()
+    settings |= {"save_dir": str(place), "name": "", "version": run.name}
+    if isinstance(built, TensorBoardLogger):
+        settings["default_hp_metric"] = False  # binclf writes each run's HParams row itself
+    return type(built)(**settings)
+
+
+def configured_network(config: Namespace) -> tuple[str, type] | None:
+    """``model.network``'s class path and class, as the parser left it imported (looked up, never
+    imported)."""
+    spec = config.model.get("network")
+    name = spec.get("class_path") if isinstance(spec, Namespace) else None
+    cls = _imported(name) if isinstance(name, str) else None
+    return (name, cls) if isinstance(cls, type) else None
+
+
+def _imported(class_path: str) -> Any:
+    module, _, attribute = class_path.rpartition(".")
+    return getattr(sys.modules.get(module), attribute, None)
+
+
+def _planned_network(class_type: type, *args: Any, **kwargs: Any) -> Any:
+    """A network, built once on the meta device to count its weights before it is built for real."""
+    with torch.device("meta"):
+        planned = class_type(*args, **kwargs)
+    weights = sum(p.numel() * p.element_size() for p in planned.parameters())
+    shown = ", ".join(f"{key}={value!r}" for key, value in kwargs.items())
+    # The weights, their gradients and up to two optimizer states.
+    require_memory(f"model.network ({class_type.__name__} with {shown})", 4 * weights, "network weights")
+    return class_type(*args, **kwargs)
+
+
+def given_settings(args: list[str], group: str) -> frozenset[str]:
+    """The settings of ``group`` (``data``) that ``args`` give, on the command line or in a config file: what
+    the command asks for, as opposed to the defaults."""
+    given: set[str] = set()
+    for path in config_files(args):
+        with Path(path).open() as file:  # checked by check_config_files: a YAML file of bounded size
+            given |= _keys(yaml.safe_load(file), group)
+    flag = f"--{group}"
+    for i, arg in enumerate(args):
+        if arg.startswith(f"{flag}."):
+            key = arg[len(flag) + 1 :].split("=", 1)[0].removeprefix("init_args.")
+            given.add(key.split(".", 1)[0])
+        elif arg == flag or arg.startswith(f"{flag}="):  # a class, its settings, or a file of them
+            value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+            given |= _keys({group: _loaded(value)}, group)
+    return frozenset(given - {"help"})
+
+
+def _loaded(value: str) -> Any:
+    """A value the parser has taken for a class group: settings written inline, or a file of them; else
+    ``None`` (a class name)."""
+    with contextlib.suppress(OSError, yaml.YAMLError):
+        return yaml.safe_load(Path(value).read_text() if Path(value).is_file() else value)
+    return None
+
+
+def _keys(config: Any, group: str) -> set[str]:
+    """The settings a loaded config gives for ``group``: the keys of its ``init_args``, or its own keys."""
+    section = config.get(group) if isinstance(config, dict) else None
+    if not isinstance(section, dict):
+        return set()
+    init_args = section.get("init_args")
+    keys = set(init_args) if isinstance(init_args, dict) else set()
+    return keys | (set(section) - {"class_path", "init_args", "dict_kwargs"})

@@ -91,7 +91,7 @@ def parse_error_line(message: str) -> str:
 
 def error_message(error: BaseException) -> str:
     """The line of ``error`` that names the problem."""
-    from binclf.safe_io import CheckpointError
+    from binclf.checkpoint import CheckpointError
 
     if isinstance(error, ArgumentError):
         return parse_error_line(str(error))
@@ -116,13 +116,17 @@ def error_message(error: BaseException) -> str:
 CONFIG_LIMITS = {"bytes": 1_000_000, "values": 100_000, "depth": 50}
 
 
+def config_files(args: list[str]) -> list[str]:
+    """The config files that ``args`` give with ``-c``/``--config``."""
+    paths = [value for flag, value in itertools.pairwise(args) if flag in ("-c", "--config")]
+    return paths + [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+
+
 def check_config_files(args: list[str]) -> None:
     """Name a config file that is not valid YAML, with its line, before LightningCLI would print its whole
     usage and an error about a ``<unicode string>``; and refuse one that is too large, nested too deep, or
     whose aliases expand to too many values (:data:`CONFIG_LIMITS`)."""
-    paths = [value for flag, value in itertools.pairwise(args) if flag in ("-c", "--config")]
-    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
-    for path in map(Path, paths):
+    for path in map(Path, config_files(args)):
         if not path.is_file():
             continue  # LightningCLI says so itself
         check_config_text(path.read_bytes(), path)
@@ -202,7 +206,7 @@ def check_settings(config: Namespace, subcommand: str | None) -> None:
     import torch
 
     if config.torch_threads < 0:
-        raise ValueError(f"--torch_threads must be 0 or more, got {config.torch_threads}")
+        raise ValueError(f"--torch_threads must be 0 (torch's choice) or more, got {config.torch_threads}")
     trainer = config.trainer
     every = trainer.get("check_val_every_n_epoch")
     if every is not None and every < 1:

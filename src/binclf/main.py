@@ -19,6 +19,37 @@ from binclf.command import (
     sigterm_received,
 )
 
+# Writes that failed in a background thread (TensorBoard writes its events from a thread of its own): the
+# command that made them reports the first, as its own error (:func:`cli_main`).
+_failed_writes: list[OSError] = []
+
+
+def prepare_process() -> None:
+    """Set, once per process, what a binclf command needs of the process as a whole: binclf's messages shown
+    and Lightning's inapplicable ones silenced, jsonargparse's settings for reading the user's configs, and
+    a failed background write reported as the command's error. :func:`main` calls it; so do a sweep's
+    workers, and the tests, which run commands in their own process."""
+    from jsonargparse import set_parsing_settings
+
+    from binclf.monitoring import console
+
+    console.quiet_inapplicable_messages()
+    console.show_binclf_messages()
+    # For the user's own config files and arguments (checkpoints never reach the parser): jsonargparse keeps a
+    # class spec that stands where any value is accepted as data instead of building it, and refuses import
+    # paths on its denylist (os, subprocess, builtins.eval, ...) instead of only warning.
+    set_parsing_settings(instantiate_subclass_spec_in_any=False, import_path_denylist=[])
+    threading.excepthook = _background_write_failed
+
+
+def _background_write_failed(failure: threading.ExceptHookArgs) -> None:
+    """On a full disk TensorBoard's writer thread dies with a traceback: the write failed, and the command
+    says so once, as its own error; any other failure in a thread is reported as Python would."""
+    if isinstance(failure.exc_value, OSError):
+        _failed_writes.append(failure.exc_value)
+    else:
+        threading.__excepthook__(failure)
+
 
 def cli_main(args: list[str] | None = None) -> None:
     """Run one ``binclf`` command in this process; ``args`` replaces ``sys.argv[1:]``.
@@ -29,24 +60,13 @@ def cli_main(args: list[str] | None = None) -> None:
     """
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-    from binclf.cli import run_cli
+    from binclf.cli import run_command
 
-    failed_writes: list[OSError] = []
-    default_hook = threading.excepthook
-
-    def background_write_failed(failure: threading.ExceptHookArgs) -> None:
-        # TensorBoard writes events from a thread of its own; on a full disk that thread dies with a
-        # traceback. The write failed: say so once, as the command's own error, not as a traceback.
-        if isinstance(failure.exc_value, OSError):
-            failed_writes.append(failure.exc_value)
-        else:
-            default_hook(failure)
-
-    threading.excepthook = background_write_failed
+    _failed_writes.clear()
     try:
-        run_cli(args)
-        if failed_writes:
-            raise failed_writes[0]
+        run_command(sys.argv[1:] if args is None else args)
+        if _failed_writes:
+            raise _failed_writes[0]
     except (
         ArgumentError,
         ValueError,
@@ -62,29 +82,21 @@ def cli_main(args: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # before or after Lightning's own handling, which covers the run itself
         print("binclf: stopped by Ctrl-C", file=sys.stderr)
         sys.exit(EXIT_STATUS["Ctrl-C"])
-    finally:
-        threading.excepthook = default_hook
 
 
 def main() -> None:
     """The ``binclf`` console script and ``python -m binclf``: :func:`cli_main`, then an exit that skips
     the interpreter's teardown (:func:`binclf.workarounds.exit_without_teardown`)."""
     raise_on_sigterm()  # from the first moment: a command stopped while it imports still exits with 143
-    # Answered before Lightning is imported, which takes seconds; the parser prints the same help.
-    if sys.argv[1:] == ["--version"]:
-        from binclf import __version__
+    from binclf.usage import answered_at_once
 
-        print(f"binclf {__version__}")
-        sys.exit(0)
-    if sys.argv[1:] in (["--help"], ["-h"]):
-        from binclf.usage import top_level_help
-
-        print(top_level_help(), end="")
+    if answered_at_once(sys.argv[1:]):
         sys.exit(0)
     if sys.stderr.isatty() and sys.argv[1:2] and not sys.argv[1].startswith("-"):
         # Importing torch and Lightning takes seconds; a person at a terminal sees the command has begun.
         print(f"binclf {sys.argv[1]}: starting...", file=sys.stderr, flush=True)
     try:
+        prepare_process()
         cli_main()
         code = EXIT_STATUS["SIGTERM"] if sigterm_received() else 0
         if sigterm_received():  # raised, and swallowed on the way up

@@ -1,4 +1,4 @@
-"""What torchmetrics lacks for measuring against the oracle."""
+"""What torchmetrics lacks for measuring against the oracle (:mod:`binclf.oracle`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from torchmetrics import Metric
 # 0.018 and 0.982). Far out in the tails nearly every sample has one label, so the data cannot pin the llr
 # down and no classifier trained on it is expected to follow it.
 INFORMATIVE_LLR = 4.0
-# test/ece bins the predicted probabilities into this many equal-width bins, as the reliability diagram does.
-CALIBRATION_BINS = 15
 
 
 class PairedAccuracyGap(Metric):

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 from torch import Tensor, nn
-
-from binclf.limits import require_memory
 
 
 class MLP(nn.Module):
@@ -22,10 +19,6 @@ class MLP(nn.Module):
             raise ValueError(f"input_dim must be at least 1, got {input_dim}")
         if any(size < 1 for size in hidden_sizes):
             raise ValueError(f"hidden_sizes must all be at least 1, got {list(hidden_sizes)}")
-        widths = [input_dim, *hidden_sizes, 1]
-        weights = sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(widths))
-        # Weights, their gradients and up to two optimizer states, in float32.
-        require_memory(f"hidden_sizes={list(hidden_sizes)}", 16 * weights, "network weights")
         layers: list[nn.Module] = []
         width = input_dim
         for size in hidden_sizes:

@@ -1,4 +1,5 @@
-"""The CLI's argument parser: help a person can read, and one line for a setting that does not parse."""
+"""The CLI's argument parser: help a person can read, and one line for a setting that does not parse or a
+command that does not exist."""
 
 from __future__ import annotations
 
@@ -6,22 +7,40 @@ import inspect
 import re
 import sys
 from argparse import ArgumentError
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from binclf.usage import closest, top_level_help
+from binclf.usage import SUBCOMMANDS, closest
+
+
+def unknown_command(given: str) -> ArgumentError:
+    """The error for a first argument that is no binclf subcommand: one line, with the closest one."""
+    if given.startswith("-"):
+        return ArgumentError(
+            None, f"{given}: the subcommand comes first ({', '.join(SUBCOMMANDS)}), then its settings"
+        )
+    choices = ", ".join(repr(name) for name in SUBCOMMANDS)
+    match = closest(given, list(SUBCOMMANDS))
+    hint = f"; did you mean {match}?" if match else ""
+    return ArgumentError(
+        None, f"argument subcommand: invalid choice: {given!r} (choose from {choices}){hint}"
+    )
 
 
 class BinclfArgumentParser(LightningArgumentParser):
     """LightningCLI's parser, with help a person can read: where a setting takes any ``torch.nn.Module``,
     jsonargparse lists every subclass torch has imported, hundreds of lines; here binclf's own are listed,
-    and the rest counted."""
+    and the rest counted.
+
+    ``command`` is the binclf subcommand whose settings this parser reads; the parsers that jsonargparse
+    makes inside it, for a class's settings, have none."""
+
+    def __init__(self, *args: Any, command: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.command = command
 
     def format_help(self) -> str:
-        if self.prog == "binclf":  # the top level: binclf's own words, which the console script also prints
-            return top_level_help()
-
         def shorten(match: re.Match) -> str:
             names = re.sub(r"\s+", "", match.group(1)).split(",")
             own = [name for name in names if name.startswith(("binclf.networks.", "binclf.data."))]
@@ -43,11 +62,16 @@ class BinclfArgumentParser(LightningArgumentParser):
         """``message`` with the valid key nearest to the one it refuses, where one is near: a setting of
         the command (``--trainer.max_epochz``), or an argument of the class a setting names
         (``--data.sclae``)."""
+        keys = sorted(set(re.findall(r"--[A-Za-z_][\w.]*", self.format_help())))
         unknown = re.match(r"unrecognized arguments: (--[\w.]+)", message)
         if unknown:
-            keys = sorted(set(re.findall(r"--[A-Za-z_][\w.]*", self.format_help())))
             match = closest(unknown[1], keys)
             return f"{message}; did you mean {match}?" if match else message
+        in_a_file = re.fullmatch(r"Option '(\w+)' is not accepted", message)
+        if in_a_file and self.command is not None:  # a key at the top level of a config file
+            match = closest(f"--{in_a_file[1]}", keys)
+            hint = f"; did you mean {match[2:]}?" if match else ""
+            return f"{in_a_file[1]}: binclf {self.command} takes no setting {in_a_file[1]!r}{hint}"
         option = re.search(r"Option '(\w+)' is not accepted", message)
         setting = re.search(r'Parser key "([^"]+)"', message)
         class_path = re.search(r"class_path[= ]'([\w.]+)'", message)

@@ -1,198 +1,341 @@
-"""Run folders: which ``version_N`` a command logs into, which checkpoint it evaluates or resumes (and the
-rules for resuming), and what it leaves behind when it fails.
+"""What a command runs on, decided once before anything is built (:func:`decide`): which run folder, which
+checkpoint and why, which model and data settings. The decision is one plain object, said in one line
+(:meth:`Decision.line`). And run folders (:class:`RunFolder`): claimed by the command that creates them, and
+removed if it fails before it has a checkpoint.
 
-Plain LightningCLI evaluates the untrained model when given no ``--ckpt_path`` (or ``last``), cannot resolve
-``best`` outside the process that ran ``fit``, and lets two runs started together share a folder. Here the
-folder is worked out once from the unbuilt config, claimed by creating it, and checkpoints are found from
-the files a fit run leaves.
+Plain LightningCLI evaluates the untrained model when given no ``--ckpt_path``, cannot find ``best`` outside
+the process that ran ``fit``, and evaluates a checkpoint on whatever data the config describes. Here:
+
+- ``test``, ``validate`` and ``predict`` evaluate a run: the one whose checkpoint is given (``--ckpt_path
+  FILE``), whose config is given (``-c <run>/config.yaml``), whose folder the logger names, or else the
+  latest run of this data under the logger's folder (within ``--run_name``). They take its best checkpoint,
+  or with ``--ckpt_path last`` its ``last.ckpt``.
+- They evaluate it as it was trained: with its checkpoint's model settings, and on its data settings, both
+  checked against the constructors; except the data settings that are text (files, columns), which always
+  come from the config, never from a file that may be anyone's, and those the command gives, which evaluate
+  it on other data. Each difference from the run's own is said.
+- ``fit`` trains a new run, or with ``--ckpt_path`` continues one: only a run's ``last.ckpt`` continues it
+  in its own folder; any other checkpoint starts a new run from it. A checkpoint that has already trained as
+  far as the budget asks is left alone, and the line says so.
+
+A run is "of this data" when it was trained on the config's data class with the same values of the settings
+the data module lists in ``identity_settings`` (a table's file and columns, say); other runs are passed over.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
+import os
 import re
 import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import Namespace
-from lightning.pytorch import Trainer
-from lightning.pytorch.utilities import rank_zero_only
+from binclf.checkpoint import (
+    CheckpointError,
+    checked_data_settings,
+    checked_model_settings,
+    differences,
+    load_checkpoint,
+    text_settings,
+    trained_data_class,
+)
 
-from binclf.from_checkpoint import checked_model_settings, classes_named_in, differences
-from binclf.monitoring import RUN_LOGGER, console
-from binclf.safe_io import CheckpointError, load_checkpoint
-
+DOING = {"fit": "fitting", "validate": "validating", "test": "testing", "predict": "predicting with"}
 _VERSION = re.compile(r"version_(\d+)")
-_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*")
 
 
-def check_run_name(run_name: str | None) -> None:
-    """A run name is one folder name, and not one that binclf's own run folders take."""
-    if run_name is not None and (not _RUN_NAME.fullmatch(run_name) or _VERSION.fullmatch(run_name)):
-        raise ValueError(
-            f"--run_name {run_name!r}: a run name is one folder name of letters, digits and . _ = , + - "
-            "(not starting with one of those signs), other than version_N"
-        )
+@dataclass(frozen=True)
+class Request:
+    """What a command was asked to run on, from its parsed config: plain values, and the classes it names."""
+
+    command: str
+    ckpt_path: str | None = None  # as given: None, best, last, or a file
+    log_root: Path | None = (
+        None  # where the configured logger keeps its runs (under --run_name); None: unknown
+    )
+    run_name: str | None = None
+    logger_version: int | str | None = None
+    checkpoint_dir: Path | None = None  # --checkpoint.dirpath
+    config_files: Sequence[Path] = ()
+    data_class: type | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # the config's data settings, defaults included
+    given: frozenset[str] = frozenset()  # the data settings the command line or a config file gave
+    model_class: type | None = None
+    model: dict[str, Any] = field(default_factory=dict)  # the config's model settings, as parsed
+    network: tuple[str, type] | None = None  # the config's model.network: its class path, and the class
+    max_epochs: int | None = None
+    max_steps: int = -1
+    resume_with_other_data: bool = False
 
 
-def log_root(trainer: Namespace, run_name: str | None = None) -> Path | None:
-    """Where the configured logger keeps its ``version_N`` runs, read from the config before it is built
-    (under ``run_name`` when there is one); ``None`` for a logger that names its own folders, or none."""
-    logger = trainer.get("logger")
-    default_root = Path(trainer.get("default_root_dir") or ".")
-    if isinstance(logger, list):
-        logger = logger[0] if logger else None
-    if logger is None or logger is True:  # Lightning's default, which binclf makes a RunLogger
-        base = default_root / "lightning_logs"
-    elif not isinstance(logger, (dict, Namespace)):
-        return None
-    else:
-        init_args = logger.get("init_args") or {}
-        save_dir = init_args.get("save_dir") or (
-            default_root if logger.get("class_path") == RUN_LOGGER else None
-        )
-        if not save_dir:
-            return None
-        base = Path(save_dir) / (init_args.get("name") or "lightning_logs")
-    return base / run_name if run_name else base
+@dataclass(frozen=True)
+class Decision:
+    """What a command runs on.
 
-
-def checkpoint_filename(monitor: str) -> str:
-    """A best checkpoint's file name, after the metric it is chosen by: ``loss/val`` gives
-    ``epoch=3-step=316-loss_val=0.0213.ckpt``, ``val/acc`` gives ``...-val_acc=0.9937.ckpt``."""
-    return f"epoch={{epoch}}-step={{step}}-{monitor.replace('/', '_')}={{{monitor}:.4f}}"
-
-
-def run_dir(trainer: Trainer) -> Path:
-    """A built trainer's run folder (``lightning_logs/version_N``) as the global-zero process knows it.
-
-    Unlike ``trainer.log_dir`` this is no collective call, so rank-0-only code and code that runs after the
-    DDP process group has gone can use it. Other ranks may see another version number.
-    """
-    logger = trainer.logger
-    return Path((logger.log_dir if logger is not None else None) or trainer.default_root_dir)
-
-
-class RunFolder:
-    """The ``root/version_N`` folder one command logs into: an existing run it resumes, or one it claims.
-
-    ``root`` is :func:`log_root` of the command's config, worked out once; ``None`` when the logger names
-    its own folders, and then nothing here applies.
+    ``run`` is the run folder it evaluates or continues (``None``: a new one, claimed when it is built);
+    ``checkpoint`` and ``contents`` the checkpoint, read and checked once, and ``why`` how it was chosen;
+    ``model`` the checked model settings an evaluation is built from; ``data`` the data settings the command
+    runs with, and ``differences`` each one that differs from what the run was trained on; ``finished``
+    why a fit has nothing to train.
     """
 
-    def __init__(self, root: Path | None) -> None:
-        self.root = root
-        self.version: int | None = None
-        self.claimed = False  # created by this command, so this command may remove it
-        self._created_root = False
+    command: str
+    log_root: Path | None = None
+    run: Path | None = None
+    checkpoint: Path | None = None
+    contents: dict[str, Any] | None = field(default=None, repr=False)
+    why: str = ""
+    model: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    data_summary: str = ""
+    differences: tuple[str, ...] = ()
+    finished: str | None = None
 
     @property
-    def path(self) -> Path | None:
-        return None if self.root is None or self.version is None else self.root / f"version_{self.version}"
+    def resumes(self) -> bool:
+        """Whether a fit continues the run of its checkpoint, in that run's folder."""
+        return self.command == "fit" and self.run is not None
 
-    def resume(self, version: int) -> None:
-        self.version = version
-
-    def claim(self) -> None:
-        """Create the next free ``version_N``. ``mkdir`` fails when another process has just made the same
-        folder, so runs started at the same moment in the same place each get their own, where a logger
-        that picks ``N`` by listing would give both the same one."""
-        self._created_root = not self.root.exists()
-        self.root.mkdir(parents=True, exist_ok=True)
-        taken = [int(match.group(1)) for p in self.root.iterdir() if (match := _VERSION.fullmatch(p.name))]
-        for version in itertools.count(max(taken, default=-1) + 1):
-            try:
-                (self.root / f"version_{version}").mkdir()
-            except FileExistsError:
-                continue
-            self.version, self.claimed = version, True
-            return
-
-    def checkpoints(self) -> list[Path]:
-        return sorted((self.path / "checkpoints").glob("*.ckpt")) if self.path is not None else []
-
-    def remove_if_unfinished(self) -> bool:
-        """Remove the folder if this command created it and it holds no checkpoint: a config and a few
-        events would look like a finished run. Returns whether it was removed."""
-        if not self.claimed or self.checkpoints() or not self.path.is_dir():
-            return False
-        shutil.rmtree(self.path, ignore_errors=True)
-        if self._created_root and not any(self.root.iterdir()):
-            self.root.rmdir()
-        return True
-
-    def config_name(self, command: str) -> str:
-        """The name under which a later command in this run (``resumed``, ``test``, ``predict``, ...) saves
-        its config: ``config.yaml`` stays the record of how the run began, and nothing is overwritten."""
-        return next(
-            name
-            for name in (f"config.{command}-{n}.yaml" for n in itertools.count(1))
-            if not (self.path / name).exists()
+    def line(self) -> str:
+        """The decision in one line."""
+        if self.finished is not None:
+            return self.finished
+        new = f"a new run under {self.log_root}" if self.log_root is not None else "a new run"
+        if self.command == "fit":
+            if self.resumes:
+                return f"resuming {self.run} from its last.ckpt, at {_progress(self.contents)}"
+            if self.checkpoint is not None:
+                return f"fitting {new}, from {self.checkpoint} (only a run's last.ckpt continues that run)"
+            return f"fitting {new}"
+        where = f"{self.run}, {self.why}" if self.run is not None else f"{self.why}, logged in {new}"
+        data = (
+            f"on other data: {'; '.join(self.differences)}"
+            if self.differences
+            else f"on its own data ({self.data_summary})"
         )
+        return f"{DOING[self.command]} {where}: {self.checkpoint.name}{_score(self.contents)}, {data}"
 
-    def point_logger_here(self, trainer: Namespace, command: str) -> str | None:
-        """Make the configured logger log into this folder: the resumed or evaluated run's, or a
-        ``version_N`` claimed now. Returns the name to save the command's config under in a run that has
-        one already (``None``: ``config.yaml``).
 
-        Applies to binclf's default logger (:class:`~binclf.monitoring.tensorboard.RunLogger`, also where
-        a config asks for Lightning's default) and to a TensorBoardLogger or CSVLogger without a version;
-        other loggers name their own folders.
-        """
-        logger = trainer.get("logger")
-        if logger is None or logger is True:  # Lightning's default logger, as binclf's
-            logger = trainer.logger = Namespace(class_path=RUN_LOGGER, init_args=Namespace())
-        if not isinstance(logger, Namespace):
-            return None
-        logger.init_args = logger.get("init_args") or Namespace()
-        class_path = str(logger.get("class_path"))
-        if class_path == RUN_LOGGER or class_path.endswith(".TensorBoardLogger"):
-            logger.init_args.default_hp_metric = False  # binclf writes the HParams row itself
-        versioned = class_path == RUN_LOGGER or class_path.endswith((".TensorBoardLogger", ".CSVLogger"))
-        if self.root is None or not versioned or logger.init_args.get("version") is not None:
-            return None
-        config_name = None
-        if self.version is not None:  # a resumed run, or the run of the checkpoint evaluated
-            config_name = self.config_name("resumed" if command == "fit" else command)
-        elif rank_zero_only.rank == 0:
-            self.claim()
-        else:
-            return None  # other DDP ranks write no logs; Lightning hands them rank 0's folder
-        # root is save_dir/name, and under a run name one level deeper. Where neither the logger nor the
-        # trainer names a folder, the current one, as a full path, as Lightning's default logger has it.
-        named = logger.init_args.get("save_dir") or trainer.get("default_root_dir")
-        logger.init_args.save_dir = str(self.root.parent if named else self.root.parent.absolute())
-        logger.init_args.name = self.root.name
-        logger.init_args.version = self.version
-        return config_name
+def decide(request: Request) -> Decision:
+    """What ``request``'s command runs on. Raises ``ValueError`` or ``FileNotFoundError`` with a line for the
+    user where there is no answer, and :class:`~binclf.checkpoint.CheckpointError` for a checkpoint that is
+    not to be trusted."""
+    if request.command == "fit" and request.ckpt_path is None:
+        return Decision("fit", log_root=request.log_root, data=request.data)
+    path, why, run = _find(request)
+    contents = load_checkpoint(path)  # read once: what is checked is what is used
+    trained = checked_model_settings(
+        contents.get("hyper_parameters", {}), path, request.model_class, request.network
+    )
+    trained_data = _trained_data(request, path, contents)
+    if request.command == "fit":
+        return _continued(request, path, contents, run, trained, trained_data)
+    text = text_settings(request.data_class)
+    data = {
+        key: value if key in text or key in request.given or key not in trained_data else trained_data[key]
+        for key, value in request.data.items()
+    }
+    changed = [
+        f"{key} {_show(data[key])}, trained on {_show(trained_data[key])}"
+        for key in sorted(trained_data.keys() & data.keys())
+        if not _same_value(trained_data[key], data[key])
+    ]
+    return Decision(
+        request.command,
+        log_root=request.log_root,
+        run=run,
+        checkpoint=path,
+        contents=contents,
+        why=why,
+        model=trained,
+        data=data,
+        data_summary=_summary(request.data_class, data),
+        differences=tuple(changed),
+    )
 
-    def version_of(self, checkpoint: Path) -> int | None:
-        """``N`` when ``checkpoint`` lies in ``root/version_N/checkpoints``: the run it belongs to."""
-        run = checkpoint.resolve().parent.parent
-        match = _VERSION.fullmatch(run.name)
-        in_a_run = checkpoint.resolve().parent.name == "checkpoints" and self.root is not None
-        if match and in_a_run and run.parent == self.root.resolve():
-            return int(match.group(1))
+
+def _trained_data(request: Request, path: Path, contents: dict[str, Any]) -> dict[str, Any]:
+    """The data settings a checkpoint was trained with, checked; a data class other than the config's is
+    refused: the checkpoint's network needs the data it was trained on."""
+    trained_class = trained_data_class(contents)
+    name = request.data_class.__name__
+    if trained_class is not None and _short(trained_class) != name:
+        raise ValueError(
+            f"{path} was trained on {_short(trained_class)}, not on {name} as this command's config says: "
+            "give the config of its data"
+        )
+    return checked_data_settings(contents, request.data_class, path)
+
+
+def _continued(
+    request: Request,
+    path: Path,
+    contents: dict[str, Any],
+    run: Path | None,
+    trained: dict[str, Any],
+    trained_data: dict[str, Any],
+) -> Decision:
+    """``fit --ckpt_path``: the checkpoint must have the config's model settings, and its data settings
+    unless asked otherwise; only a run's ``last.ckpt`` continues that run."""
+    configured = {}
+    for key, value in request.model.items():
+        with contextlib.suppress(CheckpointError):  # a setting the checkpoint could not hold either
+            configured |= checked_model_settings({key: value}, path, request.model_class, request.network)
+    changed_model = differences(trained, configured)
+    if changed_model:
+        raise ValueError(
+            f"--ckpt_path {path} was trained with other model settings ({'; '.join(changed_model)}): "
+            "pass the settings it was trained with"
+        )
+    changed = [
+        f"data.{key}: {_show(trained_data[key])} in the checkpoint, {_show(request.data[key])} now"
+        for key in sorted(trained_data.keys() & request.data.keys())
+        if not _same_value(trained_data[key], request.data[key])
+    ]
+    if changed and not request.resume_with_other_data:
+        raise ValueError(
+            f"--ckpt_path {path} was trained with other data settings ({'; '.join(changed)}): pass the "
+            "settings it was trained with, or --resume_with_other_data true to train it on this data"
+        )
+    continues = run if path.name == "last.ckpt" else None
+    return Decision(
+        "fit",
+        log_root=request.log_root,
+        run=continues,
+        checkpoint=path,
+        contents=contents,
+        data=request.data,
+        finished=_finished(continues or path, contents, request),
+    )
+
+
+def _finished(where: Path, contents: dict[str, Any], request: Request) -> str | None:
+    """Why a checkpoint has nothing left to train under the request's budget, or ``None``: as Lightning's
+    fit loop judges it, by the epochs it has processed and the optimizer steps it has taken."""
+    epochs, steps = _epochs_processed(contents), contents.get("global_step", 0)
+    max_epochs = request.max_epochs
+    if max_epochs is None and request.max_steps == -1:
+        max_epochs = 1000  # Lightning's default budget
+    if request.max_steps != -1 and steps >= request.max_steps:
+        budget = f"step {steps}, and trainer.max_steps is {request.max_steps}"
+    elif max_epochs not in (None, -1) and epochs >= max_epochs:
+        budget = f"epoch {epochs}, and trainer.max_epochs is {max_epochs}"
+    else:
         return None
+    return f"{where} has trained as far as asked: it is at {budget}; nothing was trained or written"
 
 
-def unused_path(path: Path) -> Path:
-    """``path``, or ``stem-2.suffix``, ``stem-3.suffix``, ... if it is taken: a command that writes into
-    an existing run adds its files, and never replaces another command's."""
-    candidates = (path.with_name(f"{path.stem}-{n}{path.suffix}") for n in itertools.count(2))
-    return path if not path.exists() else next(p for p in candidates if not p.exists())
+def _epochs_processed(contents: dict[str, Any]) -> int:
+    """The epochs a checkpoint's fit has processed, as Lightning's fit loop counts them towards max_epochs."""
+    progress = contents.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(progress.get("processed", contents.get("epoch", 0)))
 
 
-def run_checkpoint_folders(root: Path) -> list[Path]:
-    """The ``checkpoints`` folders of the ``version_N`` runs under ``root`` that hold any checkpoint, newest
-    run first. Folders that evaluation commands of checkpoints outside any run create hold none."""
-    runs = []
-    for folder in root.glob("version_*"):
-        match = _VERSION.fullmatch(folder.name)
-        if match and any((folder / "checkpoints").glob("*.ckpt")):
-            runs.append((int(match.group(1)), folder / "checkpoints"))
+def _progress(contents: dict[str, Any] | None) -> str:
+    contents = contents or {}
+    return f"epoch {_epochs_processed(contents)}, step {contents.get('global_step', 0)}"
+
+
+def _find(request: Request) -> tuple[Path, str, Path | None]:
+    """The checkpoint a request asks for, which run that is in words, and the run's folder (``None`` for a
+    checkpoint of no run this command keeps)."""
+    wanted = request.ckpt_path
+    if wanted not in (None, "best", "last"):
+        path = Path(wanted)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        return path, "the given checkpoint", run_of(path, request.log_root)
+    for config in reversed(request.config_files):
+        if run_checkpoints(config.parent):
+            return _pick(config.parent, wanted), "the run whose config was given", config.parent
+    if request.logger_version is not None and request.log_root is not None:
+        version = request.logger_version
+        run = request.log_root / (f"version_{version}" if isinstance(version, int) else str(version))
+        if not run_checkpoints(run):
+            raise FileNotFoundError(f"trainer.logger.version names {run}, which holds no checkpoint")
+        return _pick(run, wanted), "the run trainer.logger.version names", run
+    if request.checkpoint_dir is not None:
+        return _pick(request.checkpoint_dir, wanted, folder=True), "from --checkpoint.dirpath", None
+    if request.log_root is None:
+        raise ValueError(
+            "cannot find checkpoints without a logger or --checkpoint.dirpath; pass --ckpt_path FILE"
+        )
+    passed_over = []
+    for run in runs_under(request.log_root):
+        found = _pick(run, wanted)
+        other = _other_data(load_checkpoint(found, mmap=True), found, request)
+        if other is None:
+            named = f"named {request.run_name}" if request.run_name else "of this data"
+            return found, f"the latest run {named}", run
+        passed_over.append(f"{run} ({other})")
+    identity = [key for key in _identity(request) if key in request.data]
+    looked_for = ", ".join(
+        [request.data_class.__name__, *(f"{k} {_show(request.data[k])}" for k in identity)]
+    )
+    if passed_over:
+        raise FileNotFoundError(
+            f"no run under {request.log_root} was trained on this data ({looked_for}); the newest are "
+            f"{', '.join(passed_over[:3])}: pass --ckpt_path FILE, or -c a run's config.yaml, to evaluate one"
+        )
+    raise FileNotFoundError(
+        f"no checkpoint found under {request.log_root}: run `binclf fit` first, or pass --ckpt_path FILE"
+    )
+
+
+def _identity(request: Request) -> tuple[str, ...]:
+    return tuple(getattr(request.data_class, "identity_settings", ()))
+
+
+def _other_data(contents: dict[str, Any], path: Path, request: Request) -> str | None:
+    """What a run was trained on where that is not this data (another data class, or other values of the
+    data module's ``identity_settings``), in words; ``None`` if it is this data."""
+    trained_class = trained_data_class(contents)
+    if trained_class is not None and _short(trained_class) != request.data_class.__name__:
+        return _short(trained_class)
+    trained = checked_data_settings(contents, request.data_class, path)
+    other = [
+        f"{key} {_show(trained[key])}"
+        for key in _identity(request)
+        if key in trained and key in request.data and not _same_value(trained[key], request.data[key])
+    ]
+    return ", ".join(other) or None
+
+
+def _pick(run: Path, wanted: str | None, folder: bool = False) -> Path:
+    """The checkpoint ``wanted`` of a run (``None`` or ``best``: its best; ``last``), or of a folder."""
+    checkpoints = run if folder else run / "checkpoints"
+    found = checkpoints / "last.ckpt" if wanted == "last" else best_checkpoint(checkpoints)
+    if found is None or not found.is_file():
+        raise FileNotFoundError(f"no {'last.ckpt' if wanted == 'last' else 'checkpoint'} in {checkpoints}")
+    return found
+
+
+def run_checkpoints(run: Path) -> list[Path]:
+    """The checkpoints of the run in folder ``run``."""
+    return sorted((run / "checkpoints").glob("*.ckpt"))
+
+
+def run_of(checkpoint: Path, root: Path | None) -> Path | None:
+    """The run under ``root`` that a checkpoint belongs to (``root/<run>/checkpoints/<file>``), or ``None``
+    for a checkpoint of no run there: evaluating it then starts a run folder of its own, and nothing is
+    written into a folder this command's logger does not keep."""
+    run = checkpoint.parent.parent
+    in_a_run = checkpoint.parent.name == "checkpoints" and (run / "config.yaml").is_file()
+    return run if in_a_run and root is not None and run.parent.resolve() == root.resolve() else None
+
+
+def runs_under(root: Path) -> list[Path]:
+    """The ``version_N`` runs under ``root`` that hold a checkpoint, newest first."""
+    runs = [
+        (int(match.group(1)), folder)
+        for folder in root.glob("version_*")
+        if (match := _VERSION.fullmatch(folder.name)) and run_checkpoints(folder)
+    ]
     return [folder for _, folder in sorted(runs, reverse=True)]
 
 
@@ -213,119 +356,126 @@ def best_checkpoint(directory: Path) -> Path | None:
     return max(checkpoints, key=lambda p: p.stat().st_mtime) if checkpoints else None
 
 
-def find_checkpoint(
-    request: str | None, root: Path | None, dirpath: str | None, data: dict[str, Any] | None = None
-) -> Path:
-    """Turn ``--ckpt_path`` into a file: ``None`` or ``best`` gives the best checkpoint of the latest run,
-    ``last`` its ``last.ckpt``, anything else is taken as a path.
+def checkpoint_filename(monitor: str) -> str:
+    """A best checkpoint's file name, after the metric it is chosen by: ``loss/val`` gives
+    ``epoch=3-step=316-loss_val=0.0213.ckpt``, ``val/acc`` gives ``...-val_acc=0.9937.ckpt``."""
+    return f"epoch={{epoch}}-step={{step}}-{monitor.replace('/', '_')}={{{monitor}:.4f}}"
 
-    Runs are looked for under the logger's ``root``, or in ``--checkpoint.dirpath`` where one is set. With
-    ``data`` (the command's data config), only runs trained on the same kind of data count: the same data
-    class, and the same ``dim`` where the data has one. Raises ``FileNotFoundError`` or ``ValueError`` with a
-    message for the user.
-    """
-    if request not in (None, "best", "last"):
-        path = Path(request)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint file not found: {path}")
-        return path
-    if dirpath is None and root is None:
+
+def check_run_name(run_name: str | None) -> None:
+    """A run name is one folder name, and not one that binclf's own run folders take."""
+    if run_name is not None and (
+        not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*", run_name) or _VERSION.fullmatch(run_name)
+    ):
         raise ValueError(
-            "cannot find checkpoints without a logger or --checkpoint.dirpath; pass --ckpt_path FILE"
+            f"--run_name {run_name!r}: a run name is one folder name of letters, digits and . _ = , + - "
+            "(not starting with one of those signs), other than version_N"
         )
-    search_root = Path(dirpath) if dirpath else root
-    folders = [search_root] if dirpath else run_checkpoint_folders(root)
-    skipped = None
-    for folder in folders:
-        found = best_checkpoint(folder) if request != "last" else folder / "last.ckpt"
-        if found is None or not found.is_file():
-            continue
-        mismatch = other_kind_of_data(load_checkpoint(found, mmap=True), data) if data else None
-        if mismatch is None:
-            return found
-        skipped = skipped or (folder.parent, mismatch)
-    if skipped is not None:
-        run, mismatch = skipped
-        raise FileNotFoundError(
-            f"no run under {search_root} was trained on this kind of data: the newest, {run}, was trained on "
-            f"{mismatch}; pass --ckpt_path FILE to evaluate a checkpoint anyway"
-        )
-    wanted = "last.ckpt" if request == "last" else "checkpoint"
-    raise FileNotFoundError(
-        f"no {wanted} found under {search_root}: run `binclf fit` first, or pass --ckpt_path FILE"
-    )
 
 
-def other_kind_of_data(checkpoint: dict[str, Any], data: dict[str, Any]) -> str | None:
-    """What sets a checkpoint's data apart from the data a command is configured with (another data class,
-    another input dimension), in words; ``None`` when it is the same kind of data."""
-    stored = checkpoint.get("datamodule_hyper_parameters", {})
-    stored_class, now_class = stored.get("_class_path"), data.get("class_path")
-    if stored_class is not None and _short(stored_class) != _short(now_class):
-        return f"{_short(stored_class)}, not {_short(now_class)} as this command's config says"
-    stored_dim, now_dim = stored.get("dim"), (data.get("init_args") or {}).get("dim")
-    if stored_dim is not None and now_dim is not None and stored_dim != now_dim:
-        return f"data of dim={stored_dim}, not dim={now_dim} as this command's config says"
-    return None
+class RunFolder:
+    """The folder one command logs into: the run it evaluates or continues, or a new one it claims under
+    ``root`` (the next ``version_N``, or the version the logger names)."""
+
+    def __init__(self, root: Path | None, path: Path | None = None) -> None:
+        self.root = root
+        self.path = path
+        self.claimed = False  # created by this command, so this command may remove it
+        self._created_root = False
+
+    def claim(self, version: int | str | None = None) -> Path:
+        """Create a new run folder. ``mkdir`` fails when another process has just made the same folder, so
+        runs started at the same moment in the same place each get their own, where a logger that picks
+        ``N`` by listing would give both the same one. The folder of a version the logger names must hold no
+        run; if it is there already, it is not this command's to remove."""
+        self._created_root = not self.root.exists()
+        self.root.mkdir(parents=True, exist_ok=True)
+        if version is not None:
+            path = self.root / (f"version_{version}" if isinstance(version, int) else str(version))
+            if (path / "config.yaml").exists() or run_checkpoints(path):
+                raise ValueError(
+                    f"trainer.logger.version: {path} holds a run already; leave the version out for the next "
+                    "version_N"
+                )
+            with contextlib.suppress(FileExistsError):  # a folder made for it (a sweep run) stays its maker's
+                path.mkdir()
+                self.claimed = True
+            self.path = path
+            return path
+        taken = [int(m.group(1)) for p in self.root.iterdir() if (m := _VERSION.fullmatch(p.name))]
+        for number in itertools.count(max(taken, default=-1) + 1):
+            with contextlib.suppress(FileExistsError):
+                (self.root / f"version_{number}").mkdir()
+                self.path, self.claimed = self.root / f"version_{number}", True
+                return self.path
+        raise AssertionError("itertools.count never ends")
+
+    def checkpoints(self) -> list[Path]:
+        return run_checkpoints(self.path) if self.path is not None else []
+
+    def remove_if_unfinished(self) -> bool:
+        """Remove the folder if this command created it and it holds no checkpoint: a config and a few
+        events would look like a finished run. Returns whether it was removed."""
+        if not self.claimed or self.checkpoints() or not self.path.is_dir():
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._created_root and not any(self.root.iterdir()):
+            self.root.rmdir()
+        return True
+
+    def config_name(self, command: str, resumes: bool) -> str:
+        """The file a command saves its config as: ``config.yaml`` for a new fit, the record of how the run
+        began; every later command in the run adds its own beside it (``config.resumed-1.yaml``,
+        ``config.test-1.yaml``, ...), and nothing is overwritten."""
+        if command == "fit" and not resumes:
+            return "config.yaml"
+        label = "resumed" if command == "fit" else command
+        names = (f"config.{label}-{n}.yaml" for n in itertools.count(1))
+        return next(name for name in names if not (self.path / name).exists())
 
 
-def _short(class_path: str | None) -> str | None:
+def _summary(data_class: type, settings: dict[str, Any]) -> str:
+    """The data class and the settings in which ``settings`` differ from its defaults, for one line."""
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(data_class).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    shown = [
+        f"{key} {_show(value)}"
+        for key, value in settings.items()
+        if key not in defaults or not _same_value(value, defaults[key])
+    ]
+    return ", ".join([data_class.__name__, *shown[:4]]) + (", …" if len(shown) > 4 else "")
+
+
+def _score(contents: dict[str, Any] | None) -> str:
+    """`` (loss/val 0.0213)``: the metric the checkpoint callback watched, as it stood at this checkpoint."""
+    for key, state in (contents or {}).get("callbacks", {}).items():
+        score = state.get("current_score") if key.startswith("ModelCheckpoint") else None
+        if score is not None and state.get("monitor"):
+            return f" ({state['monitor']} {float(score):.4g})"
+    return ""
+
+
+def _short(class_path: str) -> str:
     """A class by its name alone: ``binclf.data.TwoGaussianDataModule`` and the module it lives in name the
     same class."""
-    return class_path.rsplit(".", 1)[-1] if class_path else class_path
+    return class_path.rsplit(".", 1)[-1]
 
 
-def changed_data_settings(checkpoint: dict[str, Any], data: dict[str, Any]) -> list[str]:
-    """How the data settings of a parsed config (``class_path`` and ``init_args``) differ from those a
-    checkpoint was trained with, one ``"data.key: old in the checkpoint, new now"`` per setting: a resume
-    on other data is refused unless asked for."""
-    stored = {
-        k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if k != "_instantiator"
-    }
-    stored_class = stored.pop("_class_path", data.get("class_path"))
-    if _short(stored_class) != _short(data.get("class_path")):
-        return [f"data: {stored_class} in the checkpoint, {data.get('class_path')} now"]
-    now = data.get("init_args") or {}
-
-    def plain(value: Any) -> Any:
-        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-    return [
-        f"data.{key}: {stored[key]!r} in the checkpoint, {now[key]!r} now"
-        for key in sorted(stored.keys() & now.keys())
-        if plain(stored[key]) != plain(now[key])
-    ]
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal as settings: lists and tuples alike, and paths that name the same file from here."""
+    if isinstance(a, str) and isinstance(b, str):
+        return a == b or os.path.normpath(a) == os.path.normpath(b)
+    return _plain(a) == _plain(b)
 
 
-def check_resume(
-    path: Path, checkpoint: dict[str, Any], config: Namespace, model_class: type, run: RunFolder
-) -> None:
-    """``fit --ckpt_path``: a run continues in its own folder only from its ``last.ckpt``; from any other of
-    its checkpoints (``best``, an epoch file) it would rewind that run and overwrite its ``last.ckpt``, so
-    it becomes a new run. Other model settings than the checkpoint's are refused; training on other data
-    than the checkpoint's is refused unless asked for."""
-    own_classes = classes_named_in(config.as_dict())
-    trained = checked_model_settings(checkpoint.get("hyper_parameters", {}), path, model_class, own_classes)
-    configured = {}
-    for key, value in config.model.as_dict().items():
-        with contextlib.suppress(CheckpointError):  # a setting the checkpoint could not hold either
-            configured |= checked_model_settings({key: value}, path, model_class, own_classes)
-    changed_model = differences(trained, configured)
-    if changed_model:
-        raise ValueError(
-            f"--ckpt_path {path} was trained with other model settings ({'; '.join(changed_model)}): "
-            "pass the settings it was trained with"
-        )
-    version = run.version_of(path)
-    if version is not None and path.name == "last.ckpt":
-        run.resume(version)
-        console.expect_existing_checkpoints()
-    elif version is not None:
-        console.say(f"Starting a new run from {path}: only a run's last.ckpt continues in its own folder")
-    changed = changed_data_settings(checkpoint, config.data.as_dict())
-    if changed and not config.resume_with_other_data:
-        raise ValueError(
-            f"--ckpt_path {path} was trained with other data settings ({'; '.join(changed)}): "
-            "pass the settings it was trained with, or --resume_with_other_data true to train it on "
-            "this data"
-        )
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _show(value: Any) -> str:
+    """A setting's value for a one-line message, shortened."""
+    text = str(_plain(value))
+    return text if len(text) <= 60 else f"{text[:57]}..."

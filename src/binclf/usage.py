@@ -20,6 +20,20 @@ SUBCOMMANDS = {
 }
 
 
+def answered_at_once(args: list[str]) -> bool:
+    """Print what ``binclf --version`` and ``binclf --help`` (or ``binclf`` alone) ask for, and say whether
+    that was the command: answered without importing torch or Lightning, which takes seconds."""
+    if args == ["--version"]:
+        from binclf import __version__
+
+        print(f"binclf {__version__}")
+        return True
+    if args in ([], ["--help"], ["-h"]):
+        print(top_level_help(), end="")
+        return True
+    return False
+
+
 def top_level_help() -> str:
     width = 100
     lines = [

@@ -13,7 +13,7 @@ import contextlib
 import os
 import sys
 import threading
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.profilers import PassThroughProfiler
@@ -29,6 +29,30 @@ def built_by_lightning_cli() -> bool:
     says which case it is only through the private context variable ``_given_hyperparameters``.
     """
     return _given_hyperparameters.get() is not None
+
+
+def lightning_cli_settings(hyperparameters: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The class path and the constructor's settings in hyperparameters that LightningCLI saved into a
+    checkpoint (behaviour, not speed): beside the settings it stores the class as ``_class_path`` (for a data
+    module, which binclf parses in subclass mode) and the name of its own function as ``_instantiator``,
+    which binclf never uses. Any other ``_instantiator`` stays among the settings, to be refused there."""
+    settings = dict(hyperparameters)
+    class_path = settings.pop("_class_path", None)
+    if settings.get("_instantiator") == "lightning.pytorch.cli.instantiate_module":
+        del settings["_instantiator"]
+    return class_path, settings
+
+
+def datamodule_state_key(datamodule: Any) -> str:
+    """Where Lightning keeps a data module's ``state_dict`` in a checkpoint (behaviour, not speed): under its
+    class's qualified name. binclf restores that state before ``setup``, where Lightning would after it."""
+    return type(datamodule).__qualname__
+
+
+def end_now(code: int) -> NoReturn:
+    """End the process at once, without running anything on the way out: a worker whose sweep has gone has
+    nothing to finish, and its threads, or a half-imported module, must not hold it up (``os._exit``)."""
+    os._exit(code)
 
 
 def once_per_point(batch_mean: Tensor, points: int) -> Tensor:

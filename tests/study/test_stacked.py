@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import DEFAULT_CONFIG
+from helpers import DEFAULT_CONFIG, built
 
-from binclf.cli import run_cli
+from binclf.checkpoint import load_checkpoint
+from binclf.cli import BinclfCLI, run_command
 from binclf.module import BinaryClassifier
-from binclf.safe_io import load_checkpoint
 from binclf.study.plan import plan, run_args
 from binclf.study.stacked import StackedBatches, StackedClassifier, member_of, train_stack
 from binclf.study.sweep import main
@@ -64,7 +64,7 @@ def in_tmp(tmp_path, monkeypatch):
 
 def test_each_member_starts_from_its_solo_runs_data_batches_and_weights(in_tmp):
     runs = plan(str(DEFAULT_CONFIG), json.loads(GRID), [0, 1], EXTRA, in_tmp, None, 60)
-    cli = run_cli(run_args(runs[0]), run=False)
+    cli = BinclfCLI("fit", run_args(runs[0]))
     members = [member_of(cli, run_args(run), run.name, str(in_tmp)) for run in runs]
     for member in members:
         member.datamodule.setup("fit")
@@ -72,7 +72,7 @@ def test_each_member_starts_from_its_solo_runs_data_batches_and_weights(in_tmp):
     stacked_batches = list(StackedBatches(stack.members, 64, steps=12))
     for k, member in enumerate(stack.members):
         [run] = [run for run in runs if run.name == member.name]
-        solo = run_cli(run_args(run), run=False)  # what `binclf fit` builds for this run, before training
+        solo = built("fit", run_args(run))  # what `binclf fit` builds for this run, before training
         solo.datamodule.setup("fit")
         assert torch.equal(solo.datamodule.train_set.features, member.datamodule.train_set.features)
         initial = solo.model.network.state_dict()
@@ -81,7 +81,7 @@ def test_each_member_starts_from_its_solo_runs_data_batches_and_weights(in_tmp):
         # fresh pass): its epochs are 4 or 5 batches long, so these cross two epoch boundaries.
         loader, solo_batches = solo.datamodule.train_dataloader(), []
         for epoch in range(3):
-            loader.sampler.set_epoch(epoch)
+            loader.order.set_epoch(epoch)
             solo_batches += list(loader)
         assert len(loader) in (4, 5)
         assert not torch.equal(solo_batches[0][0], solo_batches[len(loader)][0])  # reshuffled each epoch
@@ -119,7 +119,7 @@ def test_a_stacked_runs_checkpoint_is_what_binclf_test_accepts(studies, in_tmp):
     name = "scale=1,num_samples=150,seed=1"
     [checkpoint] = (root / "stacked" / "runs" / name / "checkpoints").glob("epoch=*.ckpt")
     settings = ["--data.scale=1.0", "--data.num_samples=150", "--data.seed=1", "--seed_everything=1", *EXTRA]
-    test = run_cli(["test", "-c", str(DEFAULT_CONFIG), *settings, f"--ckpt_path={checkpoint}"])
+    test = run_command(["test", "-c", str(DEFAULT_CONFIG), *settings, f"--ckpt_path={checkpoint}"])
     assert test.trainer.callback_metrics["test/acc"].item() == pytest.approx(
         float(rows["stacked"][name]["test/acc"])
     )
@@ -137,7 +137,7 @@ def test_a_member_trains_as_it_would_in_a_stack_of_one(in_tmp, optimizer):
     """Members of unequal training sizes take short, masked batches at different steps; with momentum and
     Adam's moments, a masked row must move no member, and the sum of losses must couple none."""
     runs = plan(str(DEFAULT_CONFIG), json.loads(GRID), [0], [*EXTRA, *optimizer], in_tmp, None, 23)
-    cli = run_cli(run_args(runs[0]), run=False)
+    cli = BinclfCLI("fit", run_args(runs[0]))
 
     def trained(selected) -> list[dict[str, torch.Tensor]]:
         members = [member_of(cli, run_args(run), run.name, str(in_tmp)) for run in selected]
@@ -155,7 +155,7 @@ def test_the_stack_trains_with_the_modules_own_loss(in_tmp, monkeypatch):
     """Change the LightningModule's loss (class b weighted 5 times) and the stacked study follows: a member
     of a stack ends where the solo ``binclf fit`` with that loss ends, and both away from the default loss."""
     [run] = plan(str(DEFAULT_CONFIG), {"data.scale": [0.5]}, [0], EXTRA, in_tmp, None, 23)
-    cli = run_cli(run_args(run), run=False)
+    cli = BinclfCLI("fit", run_args(run))
 
     def stacked() -> dict[str, torch.Tensor]:
         member = member_of(cli, run_args(run), run.name, str(in_tmp))
@@ -169,7 +169,7 @@ def test_the_stack_trains_with_the_modules_own_loss(in_tmp, monkeypatch):
 
     monkeypatch.setattr(BinaryClassifier, "sample_losses", weighted)
     with_weights = stacked()
-    solo = run_cli(run.args).model.network.state_dict()  # binclf fit: the module's own training step
+    solo = run_command(run.args).model.network.state_dict()  # binclf fit: the module's own training step
     for name, tensor in solo.items():
         torch.testing.assert_close(with_weights[name], tensor, rtol=1e-4, atol=1e-5)
     assert max((with_weights[n] - default_loss[n]).abs().max().item() for n in solo) > 1e-3

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import DEFAULT_CONFIG
+from helpers import DEFAULT_CONFIG, built
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from binclf.cli import run_cli
+from binclf.checkpoint import load_checkpoint
+from binclf.cli import BinclfCLI
 from binclf.module import BinaryClassifier
-from binclf.safe_io import load_checkpoint
 from binclf.study.execute import _train_and_test_stack, execute
 from binclf.study.plan import Run, plan, run_args
 from binclf.study.stacked import finish_member, forward_problem, member_of, train_stack
@@ -82,12 +82,12 @@ def two_runs(root, extra):
 
 def stacked(runs, root, model_class=None):
     """Each run's best checkpoint and test metrics from one stack of all of them."""
-    template = run_cli(run_args(runs[0]), run=False)
+    template = BinclfCLI("fit", run_args(runs[0]))
     members = [member_of(template, run_args(run), run.name, str(root / "stacked")) for run in runs]
     if model_class is not None:
         for member in members:
             member.model.__class__ = model_class
-    trainer = template.trainer
+    trainer = template.config.trainer
     train_stack(
         members,
         steps=STEPS,
@@ -110,8 +110,7 @@ def solo_args(run, root) -> list[str]:
 
 def solo(run, root, model_class=None):
     """The run's best checkpoint and test metrics from its own ``binclf fit``, in a folder of its own."""
-    args = solo_args(run, root)[1:]  # without the subcommand, as run_cli(run=False) takes them
-    cli = run_cli(args, run=False)
+    cli = built("fit", solo_args(run, root)[1:])
     if model_class is not None:
         cli.model.__class__ = model_class
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)

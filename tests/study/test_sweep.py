@@ -15,8 +15,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import DEFAULT_CONFIG, heavy_imports
+from helpers import DEFAULT_CONFIG, SMALL, heavy_imports
 
+from binclf.cli import run_command
 from binclf.command import Terminated
 from binclf.data.gaussians import normal_cdf
 from binclf.study import report as report_module
@@ -580,3 +581,21 @@ def test_binclf_help_names_the_sweep_and_neither_imports_lightning():
         assert heavy == [], module
     flat = " ".join(heavy_imports("binclf", "--help")[0].stdout.split())
     assert "binclf-sweep the same binclf fit and test over a grid of settings and seeds" in flat
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_config_works_again_with_c(tmp_path, monkeypatch, capsys):
+    """A run of a sweep, as its worker runs it; then its config with binclf test (that run) and with binclf
+    fit (a new run with the same settings)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["binclf"])
+    [run] = plan(str(DEFAULT_CONFIG), {"data.scale": [0.5]}, [0], SMALL, tmp_path / "sweep", 1, None)
+    run.directory.mkdir(parents=True)
+    run_command(run.args)
+    saved = run.directory / "config.yaml"
+    capsys.readouterr()
+    run_command(["test", "-c", str(saved)])
+    assert capsys.readouterr().out.startswith(f"testing {run.directory}, the run whose config was given")
+    again = run_command(["fit", "-c", str(saved)])
+    assert Path(again.trainer.log_dir) == run.directory.parent / "version_0"
+    assert again.datamodule.gaussians.scale_a == 0.5

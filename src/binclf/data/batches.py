@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -23,8 +23,8 @@ _SHUFFLE_STREAM = 1_000
 class EpochBatchSampler:
     """Yields one rank's batches of indices; the order is a pure function of ``(seed, epoch)``.
 
-    Lightning calls :meth:`set_epoch` before each epoch (it looks for ``loader.sampler.set_epoch``), so a run
-    resumed from a checkpoint draws the same order as an uninterrupted one: no RNG state to restore.
+    :class:`InMemoryBatches` sets the epoch as it draws each epoch's first batch, so a run resumed from a
+    checkpoint draws the same order as an uninterrupted one: no RNG state to restore.
 
     Training (``shuffle=True``): every rank draws the same permutation, pads it with its own head to a
     multiple of ``world_size`` (as ``DistributedSampler`` does), and keeps every ``world_size``-th index.
@@ -93,35 +93,38 @@ class EpochBatchSampler:
 
 class InMemoryBatches:
     """An iterable of batches, each a tuple of rows of the given tensors (``(features, targets)``, or
-    ``(features, index)`` to predict).
+    ``(features, index)`` to predict), in the order ``order`` gives for the epoch ``epoch()`` returns (a
+    trainer's ``current_epoch``; without it, the epoch last set on ``order``).
 
     The stored order is served as slices (views, no copy); a shuffled or sharded order gathers each batch's
     rows as it goes, so an epoch never holds a second copy of the data, only the order itself. The batches
-    are on the tensors' device: kept there once, the data needs no host-to-device copy per step.
+    are on the tensors' device: kept there once, the data needs no host-to-device copy per step. To
+    Lightning this is a plain iterable, which it leaves alone: the sharding among DDP ranks is ``order``'s.
     """
 
-    # Lightning reads these two DataLoader attributes: it calls ``sampler.set_epoch`` before every epoch,
-    # and it expects ``batch_sampler`` to exist wherever ``sampler`` does.
-    batch_sampler = None
-
-    def __init__(self, *tensors: Tensor, sampler: EpochBatchSampler) -> None:
-        if any(len(t) != sampler.num_samples for t in tensors):
-            raise ValueError("the tensors and the sampler disagree on the number of samples")
+    def __init__(
+        self, *tensors: Tensor, order: EpochBatchSampler, epoch: Callable[[], int] | None = None
+    ) -> None:
+        if any(len(t) != order.num_samples for t in tensors):
+            raise ValueError("the tensors and the order disagree on the number of samples")
         self.tensors = tensors
-        self.sampler = sampler
+        self.order = order
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self.order)
 
-    # A generator on purpose: the order is drawn at the first ``next()``, after Lightning's ``set_epoch``.
-    # On resume Lightning calls ``iter()`` before ``set_epoch``, so an eager ``__iter__`` would reuse epoch 0.
+    # A generator on purpose: the epoch is read as its first batch is drawn, when the trainer has begun that
+    # epoch (a resumed one included), not when the trainer asks for an iterator, which can come earlier.
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        shard = self.sampler.shard()
+        if self.epoch is not None:
+            self.order.set_epoch(self.epoch())
+        shard = self.order.shard()
         if shard is None:
-            for start, stop in self.sampler.batch_bounds(self.sampler.num_samples):
+            for start, stop in self.order.batch_bounds(self.order.num_samples):
                 yield tuple(t[start:stop] for t in self.tensors)
             return
         shard = shard.to(self.tensors[0].device)
-        for start, stop in self.sampler.batch_bounds(len(shard)):
+        for start, stop in self.order.batch_bounds(len(shard)):
             rows = shard[start:stop]
             yield tuple(t[rows] for t in self.tensors)

@@ -76,6 +76,7 @@ class TwoGaussianDataModule(InMemoryDataModule):
     """
 
     has_oracle = True
+    identity_settings = ("dim",)
 
     def __init__(
         self,

@@ -64,6 +64,9 @@ class InMemoryDataModule(LightningDataModule):
 
     #: Whether :meth:`log_likelihood_ratio` and :meth:`grid` know the true densities.
     has_oracle = False
+    #: The settings that tell one dataset from another (a file, its columns): ``binclf test`` finds the
+    #: latest run trained with the same values, and passes over runs of other data.
+    identity_settings: tuple[str, ...] = ()
 
     def __init__(self, batch_size: int, eval_batch_size: int, seed: int) -> None:
         super().__init__()
@@ -149,7 +152,7 @@ class InMemoryDataModule(LightningDataModule):
             # Once per loader, not per step: on a GPU the whole split then lives on the device, and
             # Lightning's per-batch transfer finds every batch already there.
             tensors = tuple(t.to(trainer.strategy.root_device) for t in tensors)
-        sampler = EpochBatchSampler(
+        order = EpochBatchSampler(
             len(tensors[0]),
             self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
@@ -157,7 +160,8 @@ class InMemoryDataModule(LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
         )
-        return InMemoryBatches(*tensors, sampler=sampler)
+        epoch = (lambda: trainer.current_epoch) if trainer is not None else None
+        return InMemoryBatches(*tensors, order=order, epoch=epoch)
 
     def _labelled(self, data: LabelledData, shuffle: bool) -> InMemoryBatches:
         return self._batches(self.transform(data.features), data.targets, shuffle=shuffle)

@@ -206,6 +206,8 @@ class TabularDataModule(InMemoryDataModule):
     written with its ``id_column`` values if given, else its row numbers, and the label names.
     """
 
+    identity_settings = ("path", "label_column", "feature_columns")
+
     def __init__(
         self,
         path: str,

@@ -1,6 +1,6 @@
-"""Console output: what binclf prints (the test summary, the progress bar), and the Lightning messages
-that do not apply here, silenced in one place. Each filter names one message. The CLI calls this, so DDP
-child processes (which re-run the CLI) get the same filters.
+"""Console output: what binclf prints (the summaries, the progress bar), and the Lightning messages that do
+not apply here, silenced in one place. Each filter names one message; the ``binclf`` command sets them once,
+as it starts (:func:`binclf.main.prepare_process`), and so do DDP's child processes, which start it again.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelSummary, TQDMProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from binclf.metrics import CALIBRATION_BINS, INFORMATIVE_LLR
+from binclf.metrics import INFORMATIVE_LLR
+from binclf.module import CALIBRATION_BINS
 
 
 @rank_zero_only
@@ -58,6 +59,8 @@ class _DropMessages(logging.Filter):
 
 def quiet_inapplicable_messages() -> None:
     """Silence the advice that does not apply here; leave every other warning alone."""
+    # binclf hands LightningCLI each command's arguments, less the subcommand, which it reads itself.
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within")
     # An advertisement printed on every run (upstream Lightning-AI/pytorch-lightning#21430).
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropMessages("litlogger"))
     # A deprecation inside Lightning itself, not in this code (upstream #21326).
@@ -70,6 +73,9 @@ def quiet_inapplicable_messages() -> None:
     # loss/train_step is logged every log_every_n_steps optimizer steps across epoch boundaries, so short
     # epochs lose no points of the curve.
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval")
+    # A run continued from its last.ckpt writes into its own checkpoint folder, which holds checkpoints by
+    # design; a new run's folder is new.
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty")
     # binclf names the checkpoint it evaluates, and says how a fit ended, itself.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         _DropMessages(
@@ -81,11 +87,6 @@ def quiet_inapplicable_messages() -> None:
             "` stopped: `",
         )
     )
-
-
-def expect_existing_checkpoints() -> None:
-    """A resumed run writes into its own checkpoint folder, which holds checkpoints by design."""
-    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty")
 
 
 class TimedProgressBar(TQDMProgressBar):
@@ -182,10 +183,22 @@ class NetworkSummary(ModelSummary):
         say(f"Network, {parameters:,} trainable parameters:\n{network}")
 
 
-def test_summary(metrics: Mapping[str, float], calibration: str, floor_missing: str) -> str:
+def validation_summary(metrics: Mapping[str, float], other_data: str = "") -> str:
+    """Every metric a validation logged, a line each; ``other_data`` says how the data it ran on differs from
+    the data the model was trained on."""
+    lines = [f"  {key:<22}{float(value):.5g}" for key, value in sorted(metrics.items()) if key != "step"]
+    return "\n".join(["Validation summary", *_other_data(other_data), *lines])
+
+
+def _other_data(other_data: str) -> list[str]:
+    return [f"  on other data         {other_data}"] if other_data else []
+
+
+def test_summary(metrics: Mapping[str, float], calibration: str, floor_missing: str, other_data: str) -> str:
     """The test metrics in a few lines, with the oracle's where the data had one. With a ``calibration``
     (its description, else empty), the network's own figures follow the calibrated ones as "raw";
-    ``floor_missing`` says why there is no llr efficiency."""
+    ``floor_missing`` says why there is no llr efficiency, and ``other_data`` how the data tested on differs
+    from the data the model was trained on."""
 
     def value(key: str) -> float:
         return float(metrics[key])
@@ -197,7 +210,7 @@ def test_summary(metrics: Mapping[str, float], calibration: str, floor_missing: 
             text += f"   (raw {shown.format(factor * value(f'{key}_raw'))})"
         return text
 
-    lines = ["Test summary"]
+    lines = ["Test summary", *_other_data(other_data)]
     if calibration:
         lines.append(f"  calibration           {calibration}")
     lines.append(line("accuracy", "test/acc", "{:.3f} %", factor=100))

@@ -15,7 +15,8 @@ from torchmetrics.functional.classification import binary_auroc, binary_roc
 
 from binclf.data import LabelledData
 from binclf.data.contract import InMemoryData, has_oracle
-from binclf.metrics import CALIBRATION_BINS
+from binclf.module import CALIBRATION_BINS
+from binclf.monitoring import run_dir
 from binclf.monitoring.plotting import (
     data_histogram,
     logit_curve,
@@ -26,7 +27,6 @@ from binclf.monitoring.plotting import (
     training_loss,
 )
 from binclf.monitoring.tensorboard import logged_step
-from binclf.runs import run_dir
 from binclf.safe_io import atomic_write
 
 

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import csv
+import itertools
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from binclf.data.contract import InMemoryData
-from binclf.runs import unused_path
 from binclf.safe_io import atomic_write
+
+
+def unused_path(path: Path) -> Path:
+    """``path``, or ``stem-2.suffix``, ``stem-3.suffix``, ... if it is taken: a command that writes into
+    an existing run adds its files, and never replaces another command's."""
+    candidates = (path.with_name(f"{path.stem}-{n}{path.suffix}") for n in itertools.count(2))
+    return path if not path.exists() else next(p for p in candidates if not p.exists())
 
 
 class PredictionWriter(Callback):

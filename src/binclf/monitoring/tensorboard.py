@@ -4,24 +4,31 @@ binclf's logger is Lightning's TensorBoardLogger less two things TensorBoard sho
 counter Lightning adds to every logged batch of scalars (a card of its own, and a column in HParams), and
 the empty event file a command that logs nothing (``predict``) would leave.
 
-The HParams row: Lightning's own would list every constructor argument as LightningCLI saved it
-(``_instantiator``, nested class paths), and every ``test`` or ``predict`` would add a row of its own with a
-placeholder metric. binclf writes one row per fit instead, and no experiment summary: TensorBoard then
-offers every scalar of the run as a column, test metrics included once ``binclf test`` has logged them into
-the same run.
+The HParams row: Lightning's own would list every constructor argument as LightningCLI saved it (its own
+keys, nested class paths), and every ``test`` or ``predict`` would add a row of its own with a placeholder
+metric. binclf writes one row per run instead, and no experiment summary: TensorBoard then offers every
+scalar of the run as a column, test metrics included once ``binclf test`` has logged them into the same
+run.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
+
+from binclf.safe_io import atomic_write
 
 _EVENT_FILES = "events.out.tfevents.*"
 
@@ -111,12 +118,63 @@ def hparams_row(config: Namespace, model_hparams: dict[str, Any]) -> dict[str, i
     return row
 
 
-def write_hparams_row(loggers: list[Logger], row: dict[str, int | float | str]) -> None:
-    """Start the run's HParams session with ``row``, in each of ``loggers`` that is a TensorBoard logger."""
+# The run's HParams row, in an event file of its own: TensorBoard takes a run's first session start, reading
+# its event files in the order of their names, and this name comes first. So the row can be rewritten as a
+# whole, when a resume changes the run's budget or a test evaluates it on other data.
+HPARAMS_FILE = "events.out.tfevents.0.binclf-hparams"
+
+
+def write_hparams_row(run: Path, row: dict[str, int | float | str]) -> None:
+    """Make ``row`` the HParams row of the run in folder ``run`` (a whole file, replaced at once)."""
     _, session_start, _ = hparams(row, {})
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.file_writer.add_summary(session_start)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as file:
+            records = RecordWriter(file)
+            records.write(Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+            records.write(Event(wall_time=time.time(), summary=session_start).SerializeToString())
+
+    atomic_write(run / HPARAMS_FILE, write)
+
+
+def read_hparams_row(run: Path) -> dict[str, int | float | str] | None:
+    """The HParams row binclf wrote for the run in folder ``run``, or ``None`` where it wrote none. Read as
+    data: each value is a protocol buffer's number, text or flag, and numbers must be finite."""
+    path = run / HPARAMS_FILE
+    if not path.is_file():
+        return None
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for event in EventFileLoader(str(path)).Load():
+        for value in event.summary.value:
+            if value.metadata.plugin_data.plugin_name != metadata.PLUGIN_NAME:
+                continue
+            start = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+            row: dict[str, int | float | str] = {}
+            for name, setting in start.session_start_info.hparams.items():
+                kind = setting.WhichOneof("kind")
+                number = setting.number_value
+                row[name] = (
+                    number
+                    if kind == "number_value" and math.isfinite(number)
+                    else str(getattr(setting, kind or "string_value"))
+                )
+            return row
+    return None
+
+
+def tested_on(run: Path, command: str, differences: tuple[str, ...]) -> None:
+    """Record in the run's HParams row the data that ``command`` (``validate``, ``test``) last evaluated it on
+    where that differs from what it was trained on: ``test_data`` is then ``scale 0.2, trained on 0.8``."""
+    row = read_hparams_row(run)
+    if row is None:  # a run whose row binclf did not write
+        return
+    key = f"{command}_data"
+    updated = {name: value for name, value in row.items() if name != key}
+    if differences:
+        updated[key] = "; ".join(differences)
+    if updated != row:
+        write_hparams_row(run, updated)
 
 
 class LogAtTrainedStep(Callback):

@@ -34,8 +34,9 @@ def execute(run: Run, trained: str = "solo") -> dict[str, Any]:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     # Imported here, in the worker, so the parent never loads Lightning.
-    from binclf.cli import run_cli
+    from binclf.cli import run_command
     from binclf.command import error_message
+    from binclf.monitoring.messages import report
     from binclf.safe_io import atomic_write
 
     result: dict[str, Any] = {"run": run.name, "seed": run.seed, **run.settings, "trained": trained}
@@ -46,8 +47,9 @@ def execute(run: Run, trained: str = "solo") -> dict[str, Any]:
         run.directory.mkdir(parents=True)
         with _output_to(log):
             try:
-                cli = run_cli(run.args)
+                cli = run_command(run.args)
                 cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
+                report("test", cli.trainer, cli.model)
             except SystemExit:
                 raise  # a bad setting: the parser has printed its message, a traceback adds nothing
             except BaseException:
@@ -126,7 +128,7 @@ def _train_and_test_stack(runs: list[Run]) -> tuple[list[dict[str, Any]] | None,
     are built, trained and tested as if it were not there. Each run's ``output.log`` holds its own test
     summary, as its solo run's would; the stack's own output goes to ``stack.log`` in the first run's folder.
     """
-    from binclf.cli import run_cli
+    from binclf.cli import BinclfCLI
     from binclf.command import error_message
     from binclf.study.stacked import finish_member, forward_problem, member_of, stackable, train_stack
 
@@ -134,8 +136,8 @@ def _train_and_test_stack(runs: list[Run]) -> tuple[list[dict[str, Any]] | None,
     for run in runs:
         try:
             if template is None:  # the first run that builds: the stack's settings, and its parser
-                template = run_cli(run_args(run), run=False)
-                reason = stackable(template)
+                template = BinclfCLI("fit", run_args(run))
+                reason = stackable(template.config, template.instantiated(template.config))
                 if reason is not None:
                     print(f"these runs train solo: {reason}")
                     return None, reason
@@ -156,13 +158,13 @@ def _train_and_test_stack(runs: list[Run]) -> tuple[list[dict[str, Any]] | None,
         print(f"these runs train solo: {reason}")
         return None, reason
     if members:
-        trainer = template.trainer  # the solo run's trainer, as built: its settings, Lightning's defaults
-        accelerator = template.config.trainer.accelerator  # as the solo runs would use
+        trainer = template.config.trainer  # the solo runs' trainer settings
+        accelerator = trainer.accelerator
         train_stack(
             list(members.values()),
             steps=trainer.max_steps,
             val_every=trainer.val_check_interval,
-            log_every=trainer.log_every_n_steps,
+            log_every=trainer.log_every_n_steps or 50,  # Lightning's default where none is set
             batch_size=next(iter(members.values())).datamodule.batch_size,
             accelerator=accelerator,
         )
@@ -265,6 +267,10 @@ def worker_start(sweep: int) -> None:
     """Set up one of the sweep's worker processes (``sweep``: the sweep's process id)."""
     import torch
 
+    from binclf.main import prepare_process
+
+    prepare_process()  # as the binclf command sets its process up: each run is such a command
+
     # A sweep killed outright (SIGKILL, the out-of-memory killer) cannot end its workers: they end themselves.
     threading.Thread(target=_exit_without, args=(sweep,), daemon=True).start()
 
@@ -272,11 +278,12 @@ def worker_start(sweep: int) -> None:
     torch.set_num_threads(1)
     # Ctrl-C reaches every process of the terminal; the sweep's own process stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.argv = sys.argv[:1]  # each run's arguments are passed to the CLI directly, not through argv
 
 
 def _exit_without(sweep: int) -> None:
     """End this worker once ``sweep``, the process that started it, has gone: its parent is then another."""
+    from binclf.workarounds import end_now
+
     while os.getppid() == sweep:
         time.sleep(1)
-    os._exit(1)
+    end_now(1)

@@ -114,7 +114,7 @@ def plan(
 
 
 def run_args(run: Run) -> list[str]:
-    """The run's ``binclf fit`` arguments without the subcommand: what ``run_cli(..., run=False)`` takes."""
+    """The run's ``binclf fit`` arguments without the subcommand: what ``BinclfCLI("fit", ...)`` takes."""
     return run.args[1:]
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -62,10 +61,11 @@ def _in_task(task: list[Any], threads: int) -> list[dict[str, Any]]:
     """A task on a Ray worker: one stack or one solo run, with as many torch threads as CPUs it asked for."""
     import torch
 
+    from binclf.main import prepare_process
     from binclf.study.execute import run_task
 
+    prepare_process()  # as the binclf command sets its process up: each run is such a command
     torch.set_num_threads(max(1, threads))
-    sys.argv = sys.argv[:1]  # each run's arguments go to the CLI directly, not through the worker's argv
     return run_task(task)
 
 

@@ -48,8 +48,9 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from binclf.data import InMemoryDataModule
 from binclf.data.batches import EpochBatchSampler
 from binclf.module import BinaryClassifier
-from binclf.monitoring.messages import CommandMessages
+from binclf.monitoring.messages import report
 from binclf.monitoring.tensorboard import LogAtTrainedStep, RunLogger, hparams_row, write_hparams_row
+from binclf.oracle import scoring_callbacks
 from binclf.runs import checkpoint_filename
 
 MONITOR = "loss/val"  # a member's best checkpoint is chosen by it, as binclf fit's by default
@@ -339,6 +340,10 @@ class StackedClassifier(LightningModule):
             except FloatingPointError as error:
                 member.failure = str(error)
                 continue
+            finally:  # as Lightning resets what the module logs, and the module its logits
+                model = member.model
+                for metric in (model.val_loss, model.val_scores, model.val_logits, model.val_targets):
+                    metric.reset()
             numbers = {key: float(value) for key, value in values.items()}
             member.validations.append((step, numbers))
             if numbers[MONITOR] < member.best_loss:  # strictly lower, as ModelCheckpoint(mode="min")
@@ -433,10 +438,11 @@ def finish_member(member: Member, directory: Path, accelerator: str = "cpu") -> 
     epoch = (member.best_step - 1) // member.steps_per_epoch
     for step, values in member.validations:
         member.logger.log_metrics(values, step - 1)
-    write_hparams_row([member.logger], member.hparams_row)
+    write_hparams_row(directory, member.hparams_row)
+    trained_to = [LogAtTrainedStep(member.best_step), TrainedTo(member.best_step, epoch)]
     tester = Trainer(
         logger=member.logger,
-        callbacks=[CommandMessages(), LogAtTrainedStep(member.best_step), TrainedTo(member.best_step, epoch)],
+        callbacks=[*scoring_callbacks(datamodule, model), *trained_to],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
@@ -444,6 +450,7 @@ def finish_member(member: Member, directory: Path, accelerator: str = "cpu") -> 
         devices=1,
     )
     tester.test(model, datamodule=datamodule, verbose=False)
+    report("test", tester, model)
     member.logger.finalize("success")
     values = {"epoch": epoch, "step": member.best_step, MONITOR: member.best_loss}
     name = checkpoint_filename(MONITOR).format(**values) + ".ckpt"
@@ -456,20 +463,20 @@ def finish_member(member: Member, directory: Path, accelerator: str = "cpu") -> 
     return {key: float(value) for key, value in tester.callback_metrics.items() if key.startswith("test/")}
 
 
-def stackable(cli: Any) -> str | None:
-    """Why the run ``cli`` built (``run_cli(..., run=False)``) cannot join a stack, judged on its settings;
-    ``None`` if it can. Its network is judged on data, by :func:`forward_problem`."""
-    trainer = cli.config.trainer
-    model = cli.model
+def stackable(config: Any, built: Any) -> str | None:
+    """Why a run cannot join a stack, judged on its parsed ``config`` and what it ``built`` (its model and
+    data module); ``None`` if it can. Its network is judged on data, by :func:`forward_problem`."""
+    trainer = config.trainer
+    model = built.model
     if model.lr_scheduler is not None:
         scheduler = model.lr_scheduler(model.optimizer([nn.Parameter(torch.zeros(1))]))
         if isinstance(scheduler, ReduceLROnPlateau):
             return "its learning-rate scheduler follows its own validation loss (ReduceLROnPlateau)"
-    if not isinstance(cli.datamodule, InMemoryDataModule):
+    if not isinstance(built.data, InMemoryDataModule):
         return "its data module does not hold its data in memory"
-    if cli.config.checkpoint.get("monitor") != MONITOR or cli.config.checkpoint.get("mode") != "min":
+    if config.checkpoint.get("monitor") != MONITOR or config.checkpoint.get("mode") != "min":
         return f"its best checkpoint is chosen by another metric than {MONITOR}'s minimum"
-    if cli.config.trainer.get("callbacks"):
+    if trainer.get("callbacks"):
         return "callbacks of its own in trainer.callbacks would see the stack, not the run"
     if trainer.get("max_steps") in (None, -1) or not isinstance(trainer.get("val_check_interval"), int):
         return "its budget is in epochs, whose length differs between training sizes"
@@ -494,6 +501,6 @@ def member_of(cli: Any, args: list[str], name: str, save_dir: str) -> Member:
 
     config = cli.parser.parse_args(args)
     seed_everything(config.seed_everything, verbose=False)
-    built = cli.parser.instantiate_classes(config)
+    built = cli.instantiated(config)
     logger = RunLogger(save_dir, name="", version=name, default_hp_metric=False)
     return Member(name, built.data, built.model, logger, hparams_row(config, built.model.hparams))

@@ -1,7 +1,7 @@
 """``binclf-sweep``: the same ``binclf fit`` and ``test`` over a grid of settings and seeds, in parallel.
 
-Each run is the real CLI (``run_cli``) on the base config plus its cell's overrides, so a sweep trains exactly
-what ``binclf fit`` would. Results land in one sweep folder:
+Each run is the real CLI (``run_command``) on the base config plus its cell's overrides, so a sweep trains
+exactly what ``binclf fit`` would. Results land in one sweep folder:
 
     <root>/<name>/runs/<run>/        one run: TensorBoard events, checkpoints, figures, output.log,
                                      result.json

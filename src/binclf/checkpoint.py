@@ -1,19 +1,22 @@
-"""What binclf builds from a checkpoint: the model, from plain values checked against constructor signatures.
+"""Checkpoints read as data, never as code, and checked once, in one place: what a checkpoint may hold, and
+the model and data settings it describes.
 
-A checkpoint may come from anyone. Its ``hyper_parameters`` name classes and give their arguments, and a
-config parser would read any string there as config: a class spec written as JSON or YAML, a bare class
-name, a dotted function to import and call. So no parser ever sees them, and nothing they name is imported:
+A checkpoint may come from anyone. Reading one never imports, builds or calls anything it names:
 
-- Each class is looked up by its exact public name in a table of classes binclf is willing to build
-  (:func:`buildable_classes`): its own networks, torch's optimizers, and those LR schedulers whose every
-  argument is a plain value. The table holds the classes themselves; a name that is not in it is refused.
-  A class that this command's own config names (a user's network) is taken from the config, never from
-  the file, and the checkpoint supplies only its argument values.
-- Each argument is checked against the constructor's annotation (:func:`check_value`): a number, a
-  boolean, a sequence of numbers, or one of a ``Literal``'s strings. A string stands only where the
-  annotation says ``str``; a key the constructor lacks is refused.
-- The objects are then built directly in Python. A network is built first on the meta device, which
-  allocates nothing, and must match the checkpoint's own weights before it is built for real.
+- :func:`load_checkpoint` unpickles it as plain data (``weights_only=True``) and checks Lightning's layout
+  and every number Lightning restores (counters, loop progress, optimizer and scheduler states, the
+  checkpoint callbacks' paths and scores) before anything uses them.
+- Its ``hyper_parameters`` name classes and give their arguments, and a config parser would read any string
+  there as config: a class spec written as JSON or YAML, a bare class name, a dotted function to import and
+  call. So no parser ever sees them, and nothing they name is imported. Each class is looked up by its exact
+  public name in a table of classes binclf is willing to build (:func:`buildable_classes`): its own
+  networks, torch's optimizers, and those LR schedulers whose every argument is a plain value; the network
+  may also be the class this command's config names as ``model.network``, taken from the config. Each
+  argument is checked against the constructor's annotation (:func:`check_value`), and the objects are built
+  directly in Python. A network is built first on the meta device, which allocates nothing, and must match
+  the checkpoint's own weights before it is built for real.
+- Its ``datamodule_hyper_parameters`` (:func:`checked_data_settings`) are checked the same way against the
+  data module's constructor, and its weights against the model they are loaded into (:func:`check_weights`).
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ import collections.abc
 import functools
 import inspect
 import math
-import sys
+import os
+import pickle
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -36,10 +42,164 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from binclf.networks import MLP, LogisticRegression
-from binclf.safe_io import CheckpointError
+from binclf.workarounds import datamodule_state_key, lightning_cli_settings
 
-# What LightningCLI stores beside a model's settings: the name of its own function, never used here.
-_INSTANTIATOR = ("_instantiator", "lightning.pytorch.cli.instantiate_module")
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be trusted or read, with a message that names it."""
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", *, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint as plain data (``weights_only=True``): tensors, numbers, strings and containers,
+    in Lightning's layout, every number checked (:func:`_check_layout`).
+
+    A checkpoint that holds any other object is refused before that object is built, so a crafted file
+    cannot run code here. A file cut short or damaged is reported as such, never half-read. The model the
+    checkpoint describes (its hyperparameters) is checked and built by :mod:`binclf.from_checkpoint`.
+    """
+    state = _unpickle(path, map_location, mmap)
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"checkpoint {path} is not a Lightning checkpoint: it holds a {type(state).__name__}"
+        )
+    _check_layout(state, Path(path))
+    return state
+
+
+# Lightning migrates a checkpoint by its version key: only from the versions binclf has run on.
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.\d+)?(?:[.+\-]?\w+)*")
+_OLDEST_LIGHTNING = (2, 0)
+# Steps and epochs far beyond any run, and small enough to stay exact in float64 and in every counter.
+_LARGEST_COUNT = 2**53
+_LOOPS = ("fit_loop", "validate_loop", "test_loop", "predict_loop")
+
+
+def _check_layout(state: dict[str, Any], path: Path) -> None:
+    """Lightning's checkpoint layout, checked before Lightning migrates or restores any of it: the version
+    key, the counters, the loops' progress, the callbacks' state, the optimizer and scheduler states and
+    the weights, each of the type Lightning writes and every number finite and in range."""
+
+    def damaged(key: str, why: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path} is damaged: {key} {why}")
+
+    version = state.get("pytorch-lightning_version")
+    if not isinstance(version, str) or not isinstance(state.get("state_dict"), dict):
+        missing = "pytorch-lightning_version" if not isinstance(version, str) else "state_dict"
+        raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint: it has no {missing!r}")
+    match = _VERSION.fullmatch(version)
+    if match is None or (int(match[1]), int(match[2])) < _OLDEST_LIGHTNING:
+        raise damaged(
+            "pytorch-lightning_version", f"is {version[:40]!r}, not a Lightning version from 2.0 on"
+        )
+    for name, tensor in state["state_dict"].items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise damaged(f"state_dict[{name!r}]", f"is a {type(tensor).__name__}, not a tensor")
+    for key in ("epoch", "global_step"):
+        value = state.get(key, 0)
+        if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _LARGEST_COUNT):
+            raise damaged(key, f"is {value!r}"[:80] + ", not a count")
+    loops = state.get("loops", {})
+    if not isinstance(loops, dict) or (loops and not all(isinstance(loops.get(k), dict) for k in _LOOPS)):
+        raise damaged("loops", f"lacks one of {', '.join(_LOOPS)}")
+    _check_counters(loops, "loops", damaged)
+    for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+        if not isinstance(state.get(key, {}), dict):
+            raise CheckpointError(f"checkpoint {path}: {key} is a {type(state[key]).__name__}, not a mapping")
+    for key in ("hparams_name", "datamodule_hparams_name"):
+        if not isinstance(state.get(key, ""), str):
+            raise damaged(key, "is not a name")
+    callbacks = state.get("callbacks", {})
+    if not isinstance(callbacks, dict):
+        raise damaged("callbacks", "is not a mapping")
+    for key, callback_state in callbacks.items():
+        if isinstance(key, str) and key.startswith("ModelCheckpoint"):
+            _check_model_checkpoint_state(callback_state, f"callbacks[{key.split('{')[0]}]", damaged)
+    for key in ("optimizer_states", "lr_schedulers"):
+        states = state.get(key, [])
+        if not isinstance(states, list) or not all(isinstance(s, dict) for s in states):
+            raise damaged(key, "is not a list of states")
+        for i, item in enumerate(states):
+            _check_numbers(item, f"{key}[{i}]", damaged)
+
+
+def _check_counters(value: Any, key: str, damaged: Callable[[str, str], Exception]) -> None:
+    """Lightning's loop progress: mappings whose leaves are counts or flags."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise damaged(key, f"has a key {name!r}, not a name")
+            _check_counters(item, f"{key}.{name}", damaged)
+    elif not (isinstance(value, bool) or (isinstance(value, int) and 0 <= value <= _LARGEST_COUNT)):
+        raise damaged(key, f"is {value!r}"[:80] + ", not a count")
+
+
+def _check_numbers(value: Any, key: str, damaged: Callable[[str, str], Exception]) -> None:
+    """Optimizer and scheduler states: containers of names, flags, numbers and tensors, none of them NaN."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, (str, int)) or (isinstance(name, str) and name.startswith("__")):
+                raise damaged(key, f"has a key {name!r}"[:80])
+            _check_numbers(item, f"{key}.{name}", damaged)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_numbers(item, f"{key}[{i}]", damaged)
+    elif isinstance(value, float) and math.isnan(value):
+        raise damaged(key, "is NaN")
+    elif isinstance(value, torch.Tensor) and value.is_floating_point() and torch.isnan(value).any():
+        raise damaged(key, "holds NaN")
+    elif not isinstance(value, (type(None), bool, int, float, str, torch.Tensor)):
+        raise damaged(key, f"is a {type(value).__name__}")
+
+
+def _check_model_checkpoint_state(state: Any, key: str, damaged: Callable[[str, str], Exception]) -> None:
+    """A ModelCheckpoint's state: on resume it deletes the files it records as superseded, so every path
+    in it must name a checkpoint in its own ``dirpath``, and every score must be a number."""
+    if not isinstance(state, dict):
+        raise damaged(key, "is not a mapping")
+    dirpath = state.get("dirpath")
+    if dirpath is not None and not isinstance(dirpath, str):
+        raise damaged(f"{key}.dirpath", "is not a path")
+    best_k = state.get("best_k_models", {})
+    if not isinstance(best_k, dict):
+        raise damaged(f"{key}.best_k_models", "is not a mapping")
+    paths = [(f"{key}.{name}", state.get(name, "")) for name in ("best_model_path", "kth_best_model_path")]
+    paths += [(f"{key}.last_model_path", state.get("last_model_path", ""))]
+    paths += [(f"{key}.best_k_models", name) for name in best_k]
+    for where, value in paths:
+        if not isinstance(value, str):
+            raise damaged(where, "is not a path")
+        inside = dirpath is not None and os.path.dirname(value) == dirpath.rstrip(os.sep)
+        if value and not (inside and value.endswith(".ckpt") and ".." not in Path(value).parts):
+            raise damaged(where, f"is {value[:80]!r}, not a checkpoint in its own folder")
+    scores = [state.get(name) for name in ("best_model_score", "current_score", "kth_value")]
+    for score in [*scores, *best_k.values()]:
+        if score is None:
+            continue
+        if not (isinstance(score, torch.Tensor) and score.numel() == 1 and not torch.isnan(score).any()):
+            raise damaged(key, f"has a score {score!r}"[:80] + ", not a number")
+
+
+def _unpickle(path: str | Path, map_location: Any, mmap: bool) -> Any:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1])
+        if "GLOBAL" in detail:
+            raise CheckpointError(
+                f"refused to load checkpoint {path}: it holds an object that is not plain data, and building "
+                f"it could run code ({detail})"
+            ) from error
+        raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint ({detail})") from error
+    except Exception as error:  # a torn zip archive surfaces as RuntimeError, OSError or KeyError
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"checkpoint {path} is incomplete or damaged ({type(error).__name__}: {reason})"
+        ) from error
+
+
 # Names that torch's annotations use without importing them at run time.
 _ANNOTATION_NAMES = {
     "Callable": collections.abc.Callable,
@@ -69,6 +229,17 @@ def _hints(function: Any) -> dict[str, Any] | None:
         return typing.get_type_hints(function, localns=_ANNOTATION_NAMES)
     except (NameError, TypeError):
         return None
+
+
+def text_settings(cls: type) -> set[str]:
+    """The settings of ``cls``'s constructor whose annotation admits text: files and column names, which a
+    command takes from its config, never from a checkpoint."""
+
+    def admits_text(hint: Any) -> bool:
+        return hint is str or any(admits_text(arg) for arg in typing.get_args(hint))
+
+    hints = _hints(cls.__init__) or {}
+    return {name for name, hint in hints.items() if name != "return" and admits_text(hint)}
 
 
 def _plain(hint: Any) -> bool:
@@ -230,18 +401,22 @@ def _role(hint: Any) -> str | None:
 
 
 def checked_model_settings(
-    hyperparameters: dict[str, Any], path: Path, model_class: type, own_classes: dict[str, type]
+    hyperparameters: dict[str, Any], path: Path, model_class: type, network: tuple[str, type] | None
 ) -> dict[str, Any]:
     """A checkpoint's model settings, checked: for each setting of ``model_class`` the checkpoint gives,
-    either a plain value or ``(cls, arguments)`` for a class to build. ``own_classes`` are the classes this
-    command's config names, by the names the config gives them. Raises :class:`CheckpointError` naming the
-    file and the key."""
+    either a plain value or a :class:`ClassSettings` for a class to build. ``network`` is the class this
+    command's config names as ``model.network``, with the name the config gives it: the only class beyond
+    the table that the checkpoint's network may be. Raises :class:`CheckpointError` naming the file and the
+    key."""
     hints = _hints(model_class.__init__) or {}
     parameters = inspect.signature(model_class.__init__).parameters
+    class_path, settings = lightning_cli_settings(hyperparameters)
+    if class_path is not None:  # the model is binclf's BinaryClassifier, never a class a file names
+        raise _refuse(
+            path, "_class_path", f"is {_show(class_path)}: the model's class is not the checkpoint's to say"
+        )
     checked: dict[str, Any] = {}
-    for key, value in hyperparameters.items():
-        if (key, value) == _INSTANTIATOR:
-            continue
+    for key, value in settings.items():
         if key not in parameters or key == "self":
             raise _refuse(path, key, "is not a setting of the model")
         hint = hints.get(key, Any)
@@ -264,7 +439,7 @@ def checked_model_settings(
                 path, f"{key}.dict_kwargs", "is not empty: only init_args are read from a checkpoint"
             )
         name = value.get("class_path")
-        cls = own_classes.get(name) if role == "network" and isinstance(name, str) else None
+        cls = network[1] if role == "network" and network is not None and name == network[0] else None
         cls = cls or (buildable_classes()[role].get(name) if isinstance(name, str) else None)
         if cls is None:
             raise _refuse(
@@ -282,27 +457,28 @@ def checked_model_settings(
     return checked
 
 
-def classes_named_in(config: Any) -> dict[str, type]:
-    """The classes a parsed config names, by the names it gives them, as the parser left them imported:
-    looked up in ``sys.modules``, never imported."""
-    named: dict[str, type] = {}
+def trained_data_class(checkpoint: dict[str, Any]) -> str | None:
+    """The class path of the data module a checkpoint was trained with, where LightningCLI saved it."""
+    class_path, _ = lightning_cli_settings(checkpoint.get("datamodule_hyper_parameters", {}))
+    return class_path if isinstance(class_path, str) else None
 
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            name = value.get("class_path")
-            if isinstance(name, str) and "." in name:
-                module, _, attribute = name.rpartition(".")
-                cls = getattr(sys.modules.get(module), attribute, None)
-                if isinstance(cls, type):
-                    named[name] = cls
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
 
-    walk(config)
-    return named
+def checked_data_settings(checkpoint: dict[str, Any], data_class: type, path: Path) -> dict[str, Any]:
+    """The data settings a checkpoint was trained with, each checked against ``data_class``'s constructor
+    as model settings are. Raises :class:`CheckpointError` naming the file and the key."""
+    _, stored = lightning_cli_settings(checkpoint.get("datamodule_hyper_parameters", {}))
+    hints = _hints(data_class.__init__) or {}
+    parameters = inspect.signature(data_class.__init__).parameters
+    checked = {}
+    for key, value in stored.items():
+        where = f"refused checkpoint {path}: datamodule_hyper_parameters.{key}"
+        if key not in parameters or key == "self":
+            raise CheckpointError(f"{where} is not a setting of {data_class.__name__}")
+        try:
+            checked[key] = check_value(value, hints.get(key, Any))
+        except Unbuildable as error:
+            raise CheckpointError(f"{where} {error}") from None
+    return checked
 
 
 def differences(checkpoint: dict[str, Any], config: dict[str, Any]) -> list[str]:
@@ -396,7 +572,7 @@ def restore_data_state(datamodule: Any, path: Path, checkpoint: dict[str, Any]) 
     statistics, the inputs' standardisation), before anything is built from the data. Lightning would
     restore it only after ``setup`` has built the splits. A data module with state of its own needs the
     checkpoint's: without it the network would see its inputs scaled as this config says."""
-    key = type(datamodule).__qualname__
+    key = datamodule_state_key(datamodule)
     if key in checkpoint:
         datamodule.load_state_dict(checkpoint[key])
     elif datamodule.state_dict():
@@ -406,12 +582,52 @@ def restore_data_state(datamodule: Any, path: Path, checkpoint: dict[str, Any]) 
         )
 
 
+def check_weights(checkpoint: dict[str, Any], model: nn.Module, path: Path) -> None:
+    """The checkpoint's weights fit ``model``, name for name and shape; every parameter is finite; and its
+    calibration is one the model's ``calibration`` can have. Checked before Lightning or binclf loads them,
+    whose own errors would be a page of tensor shapes, or a model that silently scores 50 %."""
+    stored, expected = checkpoint["state_dict"], model.state_dict()
+    for name, tensor in expected.items():
+        if name not in stored:
+            raise CheckpointError(f"checkpoint {path} does not fit this model: it has no {name}")
+        if stored[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this model: {name} is {list(stored[name].shape)} in the "
+                f"checkpoint but {list(tensor.shape)} here (were --data or --model settings changed?)"
+            )
+    extra = sorted(set(stored) - set(expected))
+    if extra:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model: it has {extra[0]}, which this lacks"
+        )
+    for name, _ in model.named_parameters():
+        if not torch.isfinite(stored[name]).all():
+            raise CheckpointError(
+                f"checkpoint {path}: {name} is not finite: the run that saved it had diverged"
+            )
+    scale, shift = stored["logit_scale"], stored["logit_shift"]
+    if not (torch.isfinite(scale) and torch.isfinite(shift) and scale > 0):
+        raise CheckpointError(
+            f"checkpoint {path}: its calibration is damaged: logit_scale {scale.item()}, logit_shift "
+            f"{shift.item()} (the scale must be positive, both finite)"
+        )
+    identity = {"none": (scale == 1 and shift == 0), "temperature": shift == 0, "affine": True}
+    if not identity[model.calibration]:
+        raise CheckpointError(
+            f"checkpoint {path}: its calibration is damaged: calibration is {model.calibration!r}, but "
+            f"logit_scale is {scale.item()} and logit_shift {shift.item()}"
+        )
+
+
 def evaluated_model(configured: Any, checked: dict[str, Any], path: Path, checkpoint: dict[str, Any]) -> Any:
-    """The model a checkpoint is evaluated with: built in Python from its ``checked`` settings, and from
-    the ``configured`` model's for any setting it does not give."""
+    """The model a checkpoint is evaluated with, its weights loaded: built in Python from its ``checked``
+    settings, and from the ``configured`` model's for any setting it does not give."""
     names = inspect.signature(type(configured)).parameters
     defaults = {name: getattr(configured, name) for name in names if hasattr(configured, name)}
-    return build_model(checked, checkpoint["state_dict"], type(configured), defaults, path)
+    model = build_model(checked, checkpoint["state_dict"], type(configured), defaults, path)
+    check_weights(checkpoint, model, path)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
 
 
 def as_config(checked: dict[str, Any]) -> dict[str, Any]:
