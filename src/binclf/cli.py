@@ -130,12 +130,12 @@ class BinclfCLI(LightningCLI):
             "--ckpt_path",
             type=str | None,
             default=None,
-            help="the checkpoint: a file, `best` or `last` of the run found (the run whose config -c gives, "
-            + (
-                "else the latest run of this data)"
-                if self.command != "fit"
-                else "else the latest run of this "
-                "data); fit continues a run from its last, and starts a new run from any other"
+            help=(
+                "a checkpoint to train on from: `last` continues the run whose config -c gives, else the "
+                "latest run of this data; `best` or a file starts a new run from that checkpoint"
+                if self.command == "fit"
+                else "the checkpoint to evaluate: a file, or `best` (the default) or `last` of the run whose "
+                "config -c gives, else of the latest run of this data"
             ),
         )
         parser.add_argument(

@@ -11,11 +11,12 @@ from pathlib import Path
 
 SUBCOMMANDS = {
     "fit": "Train the model, in a run folder of its own (lightning_logs/version_N): the article's experiment "
-    "by default, or the config given with -c. --ckpt_path last resumes the latest run.",
-    "validate": "Score the latest run's best checkpoint (or --ckpt_path) on the validation split.",
-    "test": "Score the latest run's best checkpoint (or --ckpt_path) on the test split: accuracy, loss, "
+    "by default, or the config given with -c. --ckpt_path last continues the latest run of this data.",
+    "validate": "Score a run's best checkpoint on the validation split, on the data it was trained on: the "
+    "latest run of this data, or the run that -c <run>/config.yaml or --ckpt_path names.",
+    "test": "Score a run's best checkpoint on the test split, as validate chooses it: accuracy, loss, "
     "calibration, and, for data with an oracle, the Bayes rule and the logit as a log-likelihood ratio.",
-    "predict": "Write p(b | x) and the logit of the latest run's best checkpoint (or --ckpt_path) for the "
+    "predict": "Write p(b | x) and the logit of a run's best checkpoint, as validate chooses it, for the "
     "data's prediction points to predictions.csv in its run folder.",
 }
 
@@ -37,7 +38,7 @@ def answered_at_once(args: list[str]) -> bool:
 def top_level_help() -> str:
     width = 100
     lines = [
-        "usage: binclf [-h] [--version] [-c CONFIG] [--print_config] {fit,validate,test,predict} ...",
+        "usage: binclf [-h] [--version] {fit,validate,test,predict} [-c CONFIG] [--print_config] ...",
         "",
         "binclf trains a binary classifier with PyTorch Lightning and measures it against the best possible",
         "answer, the Bayes rule, where the data has one.",
@@ -50,6 +51,8 @@ def top_level_help() -> str:
         "options:",
         "  -h, --help            show this help and exit; binclf fit --help lists fit's settings",
         "  --version             print binclf's version and exit",
+        "",
+        "options of each subcommand (binclf fit --help lists them all):",
         "  -c, --config CONFIG   a YAML config, e.g. configs/default.yaml",
         "  --print_config        print the whole config, with the logger and progress bar in use, and exit",
     ]
