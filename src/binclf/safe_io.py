@@ -1,6 +1,7 @@
 """Files written whole or not at all: everything binclf writes (checkpoints, figures, predictions, a sweep's
 results) goes through :func:`atomic_write`, and Lightning's checkpoints through :class:`SafeCheckpointIO`,
-which also reads them as :mod:`binclf.checkpoint` does: as plain data, checked."""
+which also reads them as :mod:`binclf.checkpoint` does: as plain data, checked. Every cell of a CSV file
+binclf writes goes through :func:`spreadsheet_safe`."""
 
 from __future__ import annotations
 
@@ -26,6 +27,19 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def spreadsheet_safe(value: object) -> str:
+    """``value`` as a CSV cell that a spreadsheet shows as text, never runs as a formula: text that starts
+    with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'`` (OWASP's rule against
+    CSV injection); numbers, negative ones included, stay as they are; ``None`` is empty, as in :mod:`csv`."""
+    text = "" if value is None else str(value)
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(text)
+        except ValueError:
+            return "'" + text
+    return text
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

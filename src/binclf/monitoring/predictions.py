@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from binclf.data.contract import InMemoryData
-from binclf.safe_io import atomic_write
+from binclf.safe_io import atomic_write, spreadsheet_safe
 
 
 def unused_path(path: Path) -> Path:
@@ -91,14 +91,14 @@ class PredictionWriter(Callback):
         def write(tmp: Path) -> None:
             with tmp.open("w", newline="") as file:
                 writer = csv.writer(file)
-                writer.writerow(
-                    [*identity, "logit", "probability", "predicted_label"] + ["raw_logit"] * len(raw)
-                )
+                header = [*identity, "logit", "probability", "predicted_label"] + ["raw_logit"] * len(raw)
+                writer.writerow(map(spreadsheet_safe, header))
                 for k, i in enumerate(order):
                     probability = probabilities[i, 0]
                     label = label_names[int(probability > self.threshold)]
                     row = [column[k] for column in identity.values()]
-                    extra = [str(raw[0][i, 0])] if raw else []
-                    writer.writerow([*row, str(logits[i, 0]), str(probability), label, *extra])
+                    extra = [raw[0][i, 0]] if raw else []
+                    cells = [*row, logits[i, 0], probability, label, *extra]
+                    writer.writerow(map(spreadsheet_safe, cells))
 
         atomic_write(self.path, write)
