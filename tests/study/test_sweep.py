@@ -269,7 +269,7 @@ def test_a_finished_run_counts_as_done_only_for_the_arguments_it_ran_with(tmp_pa
     (run.directory / "checkpoints").mkdir(parents=True)
     with zipfile.ZipFile(run.directory / "checkpoints" / "last.ckpt", "w") as archive:
         archive.writestr("archive/data.pkl", b"weights" * 100)
-    (run.directory / "result.json").write_text(json.dumps({"status": "ok", "args": run.args}))
+    (run.directory / "result.json").write_text(json.dumps(result_of(run)))
     assert finished(run)
     assert not finished(changed)
 
@@ -281,7 +281,7 @@ def test_a_run_whose_checkpoint_is_missing_or_damaged_is_not_finished(damage, tm
     checkpoint.parent.mkdir(parents=True)
     with zipfile.ZipFile(checkpoint, "w") as archive:
         archive.writestr("archive/data.pkl", b"weights" * 100)
-    (run.directory / "result.json").write_text(json.dumps({"status": "ok", "args": run.args}))
+    (run.directory / "result.json").write_text(json.dumps(result_of(run)))
     assert finished(run)
     data = checkpoint.read_bytes()
     if damage == "removed":
@@ -388,6 +388,19 @@ def test_workers_end_themselves_when_the_sweep_is_killed_outright(tmp_path, defa
                 os.kill(pid, signal.SIGKILL)
 
 
+def result_of(run, **fields) -> dict:
+    """The result.json a worker writes for a run that finished, as plain as it can be."""
+    return {
+        "run": run.name,
+        "seed": run.seed,
+        **run.settings,
+        "status": "ok",
+        "error": "",
+        "args": run.args,
+        **fields,
+    }
+
+
 def ended(pid: int) -> bool:
     """Block until process ``pid`` exits, which the kernel reports through a pidfd; ``False`` if it has not
     after 300 s, the other sweep tests' process timeout, which only ends a hang."""
@@ -423,8 +436,7 @@ def test_a_signal_at_the_very_end_still_stops_the_sweep_with_its_status(
         (run.directory / "checkpoints").mkdir(parents=True)
         with zipfile.ZipFile(run.directory / "checkpoints" / "last.ckpt", "w") as archive:
             archive.writestr("archive/data.pkl", b"weights")
-        result = {"run": run.name, "seed": 0, "status": "ok", "error": "", "args": run.args, "data.scale": 1}
-        (run.directory / "result.json").write_text(json.dumps(result))
+        (run.directory / "result.json").write_text(json.dumps(result_of(run)))
     signalled = []
 
     def signal_once() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from binclf.command import EXIT_STATUS
-from binclf.study.plan import RESULT, Run, run_args
+from binclf.study.plan import RESULT, Run, fresh_run_folder, run_args
 
 STACK_LOG = "stack.log"
 
@@ -43,8 +42,10 @@ def execute(run: Run, trained: str = "solo") -> dict[str, Any]:
     start = time.perf_counter()
     log = run.directory / "output.log"
     try:
-        shutil.rmtree(run.directory, ignore_errors=True)  # a failed or interrupted earlier attempt
-        run.directory.mkdir(parents=True)
+        fresh_run_folder(run)  # a failed or interrupted earlier attempt's is removed
+    except OSError as error:  # the parent records the result: nothing is written into what is in the way
+        return result | {"status": "failed", "error": str(error), "wall_seconds": 0.0, "args": run.args}
+    try:
         with _output_to(log):
             try:
                 cli = run_command(run.args)
@@ -81,9 +82,8 @@ def execute_stack(runs: list[Run]) -> list[dict[str, Any]]:
     start = time.perf_counter()
     ready, unready = [], []
     for run in runs:
-        shutil.rmtree(run.directory, ignore_errors=True)  # a failed or interrupted earlier attempt
         try:
-            run.directory.mkdir(parents=True)
+            fresh_run_folder(run)  # a failed or interrupted earlier attempt's is removed
             ready.append(run)
         except OSError:  # a run that cannot even have its folder fails alone, as it would solo
             unready.append(run)

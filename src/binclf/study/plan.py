@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import shutil
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -16,8 +18,26 @@ from pathlib import Path
 from typing import Any
 
 from binclf.monitoring import RUN_LOGGER
+from binclf.paths import inside
 
 RESULT = "result.json"  # each run's outcome, in its folder
+MADE_BY_THE_SWEEP = ".binclf-sweep-run"  # marks a run folder that a sweep made, and may therefore remove
+# The settings the sweep gives every run itself: a grid or --args that set them would be overridden, or
+# would override the sweep's budget and seeds, without a word.
+OWNED = (
+    "seed_everything",
+    "data.seed",
+    "torch_threads",
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.check_val_every_n_epoch",
+    "trainer.val_check_interval",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.logger",
+)
+# A seed is a numpy SeedSequence's entropy, and a torch seed: 0 to 2**32 - 1 for both.
+_SEEDS = range(2**32)
 
 
 @dataclass(frozen=True)
@@ -32,12 +52,13 @@ class Run:
 
 
 def value_name(value: Any) -> str:
-    """A grid value as it appears in run names and tables: ``0.2``, ``1`` for 1.0, ``Adam``. A float keeps
-    as many digits as it takes to tell it apart from any other (``0.2000001``)."""
+    """A grid value as it appears in run names and tables: ``0.2``, ``1`` for 1.0, ``Adam``, and a path by
+    its file name (``emails.csv``). A float keeps as many digits as it takes to tell it apart from any other
+    (``0.2000001``)."""
     if isinstance(value, float):
         short = f"{value:g}"
         return short if float(short) == value else repr(value)
-    return str(value)
+    return Path(value).name if isinstance(value, str) and "/" in value else str(value)
 
 
 def plan(
@@ -48,10 +69,28 @@ def plan(
     sweep_dir: Path,
     epochs: int | None,
     steps: int | None,
+    max_runs: int | None = None,
 ) -> list[Run]:
-    """Every (cell, seed) of the grid, in a stable order, with the arguments for ``binclf fit``."""
+    """Every (cell, seed) of the grid, in a stable order, with the arguments for ``binclf fit``; refused,
+    before any is made, if there would be more than ``max_runs``."""
     if not grid:
         raise ValueError("the grid is empty: give --grid or a sweep config with grid:")
+    owned = [key for key in grid if key in OWNED or key.startswith("trainer.logger.")]
+    owned += [arg.split("=")[0][2:] for arg in extra_args if arg.split("=")[0][2:] in OWNED]
+    if owned:
+        raise ValueError(
+            f"{owned[0]} is set by the sweep for every run (its budget: epochs or steps, its seeds: seeds); "
+            "take it out of the grid and args"
+        )
+    bad_seeds = [seed for seed in seeds if isinstance(seed, bool) or seed not in _SEEDS]
+    if bad_seeds:
+        raise ValueError(f"seeds: {bad_seeds[0]} is not a seed: seeds are whole numbers from 0 to 2**32 - 1")
+    count = math.prod(len(values) for values in grid.values()) * len(seeds)
+    if max_runs is not None and count > max_runs:
+        raise ValueError(
+            f"the grid and seeds make {count:,} runs, more than max_runs={max_runs:,}: give fewer values, or "
+            "raise --max_runs if you mean it"
+        )
     for key, values in grid.items():
         if not values:
             raise ValueError(f"grid.{key} has no values")
@@ -86,7 +125,7 @@ def plan(
         for seed in seeds:
             cell = ",".join(f"{key.split('.')[-1]}={value_name(value)}" for key, value in settings.items())
             name = f"{cell},seed={seed}"
-            directory = sweep_dir / "runs" / name
+            directory = inside(sweep_dir / "runs", name, "a grid cell's run folder")
             args = [
                 "fit",
                 "-c",
@@ -139,13 +178,67 @@ def tasks(runs: list[Run], workers: int, mode: str) -> list[list[Run]]:
     return stacks
 
 
+def fresh_run_folder(run: Run) -> None:
+    """Give a run an empty folder: one that a sweep made for an earlier attempt is removed first; any other
+    thing in the way is left alone, and the run fails, naming it."""
+    directory = run.directory
+    if directory.is_symlink() or (directory.exists() and not (directory / MADE_BY_THE_SWEEP).is_file()):
+        raise FileExistsError(f"{directory} is in the way, and this sweep did not make it: move it elsewhere")
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    (directory / MADE_BY_THE_SWEEP).touch()
+
+
 def read_result(run: Run) -> dict[str, Any] | None:
-    """The run's ``result.json``, or ``None`` where there is none or it is not a result (damaged, say)."""
+    """The run's ``result.json``, or ``None`` where there is none, or it is not this run's result as a
+    worker writes it (damaged or edited): a file may be anyone's, so every field is checked (:func:`_valid`)
+    before the sweep counts the run as done or publishes a number of it."""
+    path = run.directory / RESULT
     try:
-        recorded = json.loads((run.directory / RESULT).read_text())
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > _LARGEST_RESULT:
+            return None
+        recorded = json.loads(path.read_text(), parse_constant=_no_constant)
     except (OSError, ValueError):
         return None
-    return recorded if isinstance(recorded, dict) and "status" in recorded else None
+    return recorded if _valid(recorded, run) else None
+
+
+_LARGEST_RESULT = 1_000_000  # bytes: a result is a few kilobytes, a histogram included
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number")  # NaN and Infinity, which Python's json would take
+
+
+def _valid(recorded: Any, run: Run) -> bool:
+    """Whether ``recorded`` is this run's result: its name, seed and settings, a status, finite test metrics,
+    and a histogram whose counts fit its edges."""
+    if not isinstance(recorded, dict) or recorded.get("status") not in ("ok", "failed"):
+        return False
+    if recorded.get("run") != run.name or recorded.get("seed") != run.seed:
+        return False
+    if any(recorded.get(key) != value for key, value in run.settings.items()):
+        return False
+    numbers = [value for key, value in recorded.items() if key.startswith("test/") or key == "wall_seconds"]
+    if not all(_finite(value) for value in numbers):
+        return False
+    if not isinstance(recorded.get("error", ""), str) or not isinstance(recorded.get("args", []), list):
+        return False
+    histogram = recorded.get("histogram")
+    if histogram is None:
+        return True
+    edges = histogram.get("edges") if isinstance(histogram, dict) else None
+    parts = [edges, histogram.get("a"), histogram.get("b")] if edges is not None else []
+    return (
+        bool(parts)
+        and all(isinstance(part, list) and all(_finite(v) for v in part) for part in parts)
+        and len(edges) >= 2
+        and len(histogram["a"]) == len(histogram["b"]) == len(edges) - 1
+    )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def finished(run: Run) -> bool:

@@ -92,7 +92,8 @@ def accuracy_against_setting(
     if categories is not None:
         bottom.set_xticks(range(len(categories)), categories)
     top.tick_params(labelbottom=False)
-    top.legend(fontsize=8)
+    if top.get_legend_handles_labels()[0]:
+        top.legend(fontsize=8)
     return figure
 
 

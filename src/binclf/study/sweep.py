@@ -20,9 +20,11 @@ import fcntl
 import multiprocessing
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
+from argparse import ArgumentError
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -31,7 +33,8 @@ from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from binclf.command import EXIT_STATUS, Terminated, check_config_files
+from binclf.command import EXIT_STATUS, Terminated, check_config_files, error_message, raise_on_sigterm
+from binclf.paths import inside, regular_file
 from binclf.study.execute import lost, run_task, worker_start
 from binclf.study.plan import Run, finished, plan, read_result, tasks
 
@@ -82,14 +85,21 @@ def check_arguments(run: Run) -> None:
 @contextlib.contextmanager
 def sweep_lock(sweep_dir: Path) -> Iterator[None]:
     """Hold ``<sweep>/.lock`` for the sweep's life: a second sweep in the same folder is refused. The
-    operating system releases the lock when the process ends, however it ends."""
-    with (sweep_dir / ".lock").open("a") as lock:
+    operating system releases the lock when the process ends, however it ends. Opened without blocking
+    and without following a link, so that a FIFO or a link put there is refused, not waited on."""
+    path = sweep_dir / ".lock"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | os.O_NOFOLLOW
+    try:
+        handle = os.open(path, flags, 0o644)
+    except OSError as error:
+        raise ValueError(f"{path} cannot be the sweep's lock: {error.strerror}") from None
+    with os.fdopen(handle, "a") as lock:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            raise ValueError(f"{path} is not a regular file: it cannot be the sweep's lock")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(
-                f"another binclf-sweep is running in {sweep_dir} (it holds {sweep_dir / '.lock'})"
-            ) from None
+            raise ValueError(f"another binclf-sweep is running in {sweep_dir} (it holds {path})") from None
         yield
 
 
@@ -121,11 +131,12 @@ def write_results(runs: list[Run], path: Path, fresh: dict[str, dict[str, Any]])
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=columns, restval="", extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+            writer = csv.writer(file)
+            writer.writerow([spreadsheet_safe(column) for column in columns])
+            writer.writerows([spreadsheet_safe(row.get(column, "")) for column in columns] for row in rows)
 
-    from binclf.safe_io import atomic_write  # here: it loads torch, which the sweep's own process needs late
+    # Here: it loads torch, which the sweep's own process needs late.
+    from binclf.safe_io import atomic_write, spreadsheet_safe
 
     atomic_write(path, write)
     return rows
@@ -254,7 +265,9 @@ def _on_gpu(base_config: str, args: list[str]) -> bool:
 
 
 def parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="binclf-sweep", description=__doc__.splitlines()[0], default_config_files=[])
+    parser = ArgumentParser(
+        prog="binclf-sweep", description=__doc__.splitlines()[0], default_config_files=[], exit_on_error=False
+    )
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="a sweep YAML file")
     parser.add_argument("--name", type=str, default="sweep", help="the sweep folder's name")
     parser.add_argument("--root", type=str, default="lightning_logs/sweeps", help="where sweep folders go")
@@ -314,38 +327,40 @@ def parser() -> ArgumentParser:
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``binclf-sweep``. Ctrl-C or SIGTERM stops the workers, keeps every finished run and
     writes ``results.csv``; the same command then carries on."""
+    raise_on_sigterm()  # from the first moment: a process the sweep starts is ended with it
+    args = sys.argv[1:] if args is None else args
     try:
-        check_config_files(sys.argv[1:] if args is None else args)
-    except ValueError as error:
-        sys.exit(f"binclf-sweep: error: {error}")
-    config = parser().parse_args(args)
-    sweep_dir = Path(config.root) / config.name
-    try:
+        check_config_files(args)
+        config = parser().parse_args(args)
+        sweep_dir = inside(Path(config.root), config.name, "--name")
         if config.workers < 0:
             raise ValueError(f"workers must be 0 (one per core) or more, got {config.workers}")
         runs = plan(
-            config.base_config, config.grid, config.seeds, config.args, sweep_dir, config.epochs, config.steps
+            config.base_config,
+            config.grid,
+            config.seeds,
+            config.args,
+            sweep_dir,
+            config.epochs,
+            config.steps,
+            config.max_runs,
         )
-        if len(runs) > config.max_runs:
-            raise ValueError(
-                f"the grid and seeds make {len(runs):,} runs, more than max_runs={config.max_runs:,}: "
-                "give fewer values, or raise --max_runs if you mean it"
-            )
         x_key = config.plot.x or next(iter(config.grid))
         line_key = config.plot.lines or (list(config.grid)[1] if len(config.grid) > 1 else None)
         for name, key in [("plot.x", x_key), ("plot.lines", line_key)]:
             if key is not None and key not in config.grid:
                 raise ValueError(f"{name} is {key!r}, which is not a grid key ({', '.join(config.grid)})")
         if not all(finished(run) for run in runs):
+            regular_file(Path(config.base_config), "--base_config")
             check_arguments(runs[0])  # every run has the same keys; values are each run's own to refuse
-    except ValueError as error:
-        sys.exit(f"binclf-sweep: error: {error}")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    except (ValueError, ArgumentError, OSError) as error:
+        sys.exit(f"binclf-sweep: error: {error_message(error)}")
     try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         with sweep_lock(sweep_dir):
             _sweep(config, runs, sweep_dir, x_key, line_key)
-    except ValueError as error:
-        sys.exit(f"binclf-sweep: error: {error}")
+    except (ValueError, OSError) as error:
+        sys.exit(f"binclf-sweep: error: {error_message(error)}")
 
 
 def _sweep(config: Any, runs: list[Run], sweep_dir: Path, x_key: str, line_key: str | None) -> None:
