@@ -71,6 +71,7 @@ def save(
             **LIGHTNING_CLI,
         },
         "datamodule_hyper_parameters": {"_class_path": data_class, **data, **LIGHTNING_CLI},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}],
         "callbacks": {"ModelCheckpoint{'monitor': 'loss/val', 'mode': 'min'}": callback},
     }
     torch.save(contents, path)

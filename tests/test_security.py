@@ -11,8 +11,10 @@ import copy
 import importlib
 import json
 import os
+import resource
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import jsonargparse
@@ -448,3 +450,29 @@ def test_lightningclis_own_checkpoint_parsing_never_sees_the_checkpoint(fitted, 
     test = cli.run_command(["test", "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path", "other.ckpt"])
     assert test.config.model.optimizer.init_args.lr == 0.1  # the command line's, as parsed
     assert test.model.optimizer.keywords["lr"] == 0.123  # the checkpoint's, checked and built in Python
+
+
+def test_a_checkpoint_that_would_unpack_to_more_than_memory_allows_is_refused_before_it_is_unpacked(
+    fitted, in_tmp, monkeypatch, capsys
+):
+    """A small file, deflated, holding 300 MB of zeros: its size once unpacked is read from the archive's
+    directory, and refused against the memory allowed, before any of it is unpacked."""
+    path = in_tmp / "deflated.ckpt"
+    path.write_bytes(fitted.read_bytes())
+    with (
+        zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive,
+        archive.open("archive/data/zeros", "w", force_zip64=True) as entry,
+    ):
+        for _ in range(300):
+            entry.write(bytes(1_000_000))
+    assert path.stat().st_size < 2_000_000
+    monkeypatch.setenv("BINCLF_MEMORY_LIMIT_GB", "0.1")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["test", "-c", str(DEFAULT_CONFIG), *SMALL, "--ckpt_path", str(path)])
+    grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    assert exit_.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"binclf: error: checkpoint {path} would hold 300.")
+    assert "of tensors once unpacked in memory, more than BINCLF_MEMORY_LIMIT_GB allows (100.0 MB)" in line
+    assert grew < 100_000_000  # the 300 MB were never unpacked

@@ -30,6 +30,7 @@ import pickle
 import re
 import types
 import typing
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,9 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from binclf.limits import require_memory
 from binclf.networks import MLP, LogisticRegression
+from binclf.paths import regular_file
 from binclf.workarounds import datamodule_state_key, lightning_cli_settings
 
 
@@ -57,6 +60,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", *, mmap: bool =
     cannot run code here. A file cut short or damaged is reported as such, never half-read. The model the
     checkpoint describes (its hyperparameters) is checked and built by :mod:`binclf.from_checkpoint`.
     """
+    regular_file(Path(path), "checkpoint")
+    _check_archive(Path(path))
     state = _unpickle(path, map_location, mmap)
     if not isinstance(state, dict):
         raise CheckpointError(
@@ -64,6 +69,33 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", *, mmap: bool =
         )
     _check_layout(state, Path(path))
     return state
+
+
+# Far more entries than a checkpoint of any model binclf trains has (one per tensor, and a few more).
+_MOST_ENTRIES = 100_000
+
+
+def _check_archive(path: Path) -> None:
+    """A checkpoint is a zip archive (as torch saves one): its entries are counted, and what they hold once
+    unpacked added up, from its directory, before anything is unpacked. A small file that would unpack to
+    more than this machine may hold (a deflated tensor of zeros) is refused here, not in the middle of it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise CheckpointError(
+            f"checkpoint {path} is incomplete or damaged, or not a checkpoint ({error})"
+        ) from None
+    if len(entries) > _MOST_ENTRIES:
+        raise CheckpointError(
+            f"checkpoint {path} holds {len(entries):,} entries, more than {_MOST_ENTRIES:,}"
+        )
+    try:
+        require_memory(
+            f"checkpoint {path}", sum(entry.file_size for entry in entries), "tensors once unpacked"
+        )
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
 
 
 # Lightning migrates a checkpoint by its version key: only from the versions binclf has run on.
@@ -94,6 +126,7 @@ def _check_layout(state: dict[str, Any], path: Path) -> None:
     for name, tensor in state["state_dict"].items():
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
             raise damaged(f"state_dict[{name!r}]", f"is a {type(tensor).__name__}, not a tensor")
+    _check_tensors(state, "", damaged)
     for key in ("epoch", "global_step"):
         value = state.get(key, 0)
         if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _LARGEST_COUNT):
@@ -109,10 +142,10 @@ def _check_layout(state: dict[str, Any], path: Path) -> None:
         if not isinstance(state.get(key, ""), str):
             raise damaged(key, "is not a name")
     callbacks = state.get("callbacks", {})
-    if not isinstance(callbacks, dict):
-        raise damaged("callbacks", "is not a mapping")
+    if not isinstance(callbacks, dict) or not all(isinstance(key, str) for key in callbacks):
+        raise damaged("callbacks", "is not a mapping of callbacks by name")
     for key, callback_state in callbacks.items():
-        if isinstance(key, str) and key.startswith("ModelCheckpoint"):
+        if key.startswith("ModelCheckpoint"):
             _check_model_checkpoint_state(callback_state, f"callbacks[{key.split('{')[0]}]", damaged)
     for key in ("optimizer_states", "lr_schedulers"):
         states = state.get(key, [])
@@ -120,6 +153,23 @@ def _check_layout(state: dict[str, Any], path: Path) -> None:
             raise damaged(key, "is not a list of states")
         for i, item in enumerate(states):
             _check_numbers(item, f"{key}[{i}]", damaged)
+
+
+def _check_tensors(value: Any, key: str, damaged: Callable[[str, str], Exception]) -> None:
+    """Every tensor in a checkpoint is a plain one: dense, in memory, of a real or whole-number type. A
+    sparse, meta-device, complex or quantized tensor would fail, or lose its imaginary part, wherever it is
+    used."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_tensors(item, f"{key}.{name}" if key else str(name), damaged)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_tensors(item, f"{key}[{i}]", damaged)
+    elif isinstance(value, torch.Tensor):
+        plain = value.layout == torch.strided and value.device.type == "cpu" and not value.is_quantized
+        if not plain or value.is_complex():
+            kind = f"{value.layout}, {value.dtype}, on {value.device}".replace("torch.", "")
+            raise damaged(key, f"is a tensor ({kind}), not a dense tensor of real numbers")
 
 
 def _check_counters(value: Any, key: str, damaged: Callable[[str, str], Exception]) -> None:
@@ -337,9 +387,10 @@ def check_value(value: Any, hint: Any) -> Any:
         raise Unbuildable(f"is {_show(value)}, not a whole number")
     if hint in (float, torch.Tensor):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise Unbuildable(f"is {value}, not a finite number")
-            return float(value)
+            number = float(value) if abs(value) < 2**1023 else math.inf  # a whole number past float64: inf
+            if not math.isfinite(number):
+                raise Unbuildable(f"is {_show(value)}, not a finite number")
+            return number
         raise Unbuildable(f"is {_show(value)}, not a number")
     if hint is str:
         if isinstance(value, str) and len(value) <= _LONGEST_STRING:
@@ -574,12 +625,21 @@ def restore_data_state(datamodule: Any, path: Path, checkpoint: dict[str, Any]) 
     checkpoint's: without it the network would see its inputs scaled as this config says."""
     key = datamodule_state_key(datamodule)
     if key in checkpoint:
+        if not isinstance(checkpoint[key], dict) or not all(
+            isinstance(name, str) for name in checkpoint[key]
+        ):
+            raise CheckpointError(f"checkpoint {path} is damaged: {key} is not the data module's state")
         datamodule.load_state_dict(checkpoint[key])
     elif datamodule.state_dict():
         raise CheckpointError(
             f"checkpoint {path} has no {key} state: it does not say what its network was trained on "
             "(how its inputs were scaled, its label names)"
         )
+
+
+# A calibration's scale, and the size of its shift: a fit on any validation split a network could score lies
+# far inside these; one outside them turns every logit into noise or into 0 (p = 0.5 everywhere).
+CALIBRATION_SCALES = (1e-4, 1e4)
 
 
 def check_weights(checkpoint: dict[str, Any], model: nn.Module, path: Path) -> None:
@@ -606,10 +666,12 @@ def check_weights(checkpoint: dict[str, Any], model: nn.Module, path: Path) -> N
                 f"checkpoint {path}: {name} is not finite: the run that saved it had diverged"
             )
     scale, shift = stored["logit_scale"], stored["logit_shift"]
-    if not (torch.isfinite(scale) and torch.isfinite(shift) and scale > 0):
+    low, high = CALIBRATION_SCALES
+    if scale.numel() != 1 or shift.numel() != 1 or not (low <= scale <= high and abs(shift) <= high):
+        shown = f"logit_scale {_show(scale.tolist())}, logit_shift {_show(shift.tolist())}"
         raise CheckpointError(
-            f"checkpoint {path}: its calibration is damaged: logit_scale {scale.item()}, logit_shift "
-            f"{shift.item()} (the scale must be positive, both finite)"
+            f"checkpoint {path}: its calibration is damaged: {shown} (the scale must lie between {low:g} and "
+            f"{high:g}, the shift within ±{high:g}: a calibration outside them says nothing a test measures)"
         )
     identity = {"none": (scale == 1 and shift == 0), "temperature": shift == 0, "affine": True}
     if not identity[model.calibration]:

@@ -44,6 +44,7 @@ from binclf.checkpoint import (
     text_settings,
     trained_data_class,
 )
+from binclf.paths import regular_file
 
 DOING = {"fit": "fitting", "validate": "validating", "test": "testing", "predict": "predicting with"}
 _VERSION = re.compile(r"version_(\d+)")
@@ -192,6 +193,7 @@ def _continued(
             f"--ckpt_path {path} was trained with other model settings ({'; '.join(changed_model)}): "
             "pass the settings it was trained with"
         )
+    _check_training_state(contents, path, trained)
     changed = [
         f"data.{key}: {_show(trained_data[key])} in the checkpoint, {_show(request.data[key])} now"
         for key in sorted(trained_data.keys() & request.data.keys())
@@ -212,6 +214,39 @@ def _continued(
         data=request.data,
         finished=_finished(continues or path, contents, request),
     )
+
+
+def _check_training_state(contents: dict[str, Any], path: Path, trained: dict[str, Any]) -> None:
+    """What training goes on from must be there, and agree with the settings it was trained with: the loops'
+    progress, and the optimizer's state, whose settings (learning rate, momentum, ...) the optimizer takes
+    from the checkpoint, not from the hyperparameters beside them."""
+    optimizers = contents.get("optimizer_states") or []
+    progress = contents.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
+    if not optimizers or not isinstance(progress, dict):
+        missing = "no optimizer state" if not optimizers else "no progress of its fit loop"
+        raise CheckpointError(
+            f"checkpoint {path} holds {missing} to go on training from (weights only, say): binclf test "
+            "and predict take it, binclf fit --ckpt_path does not"
+        )
+    optimizer, scheduler = trained.get("optimizer"), trained.get("lr_scheduler")
+    settings = optimizer.arguments if optimizer is not None else {}
+    for i, group in enumerate(optimizers[0].get("param_groups", [])):
+        for name, value in settings.items():
+            stored = group.get("initial_lr" if name == "lr" and scheduler is not None else name, value)
+            if _plain(stored) != _plain(value) and not (value is None and stored is None):
+                state, setting = (
+                    f"optimizer_states[0].param_groups[{i}].{name}",
+                    f"optimizer.init_args.{name}",
+                )
+                raise CheckpointError(
+                    f"checkpoint {path}: {state} is {_show(stored)}, but hyper_parameters.{setting} is "
+                    f"{_show(value)}: the optimizer would go on with the first, not the second"
+                )
+        lr = group.get("lr")
+        if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 <= lr < float("inf")):
+            raise CheckpointError(
+                f"checkpoint {path}: optimizer_states[0].param_groups[{i}].lr is {_show(lr)}"
+            )
 
 
 def _finished(where: Path, contents: dict[str, Any], request: Request) -> str | None:
@@ -246,9 +281,7 @@ def _find(request: Request) -> tuple[Path, str, Path | None]:
     checkpoint of no run this command keeps)."""
     wanted = request.ckpt_path
     if wanted not in (None, "best", "last"):
-        path = Path(wanted)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        path = regular_file(Path(wanted), "--ckpt_path")
         return path, "the given checkpoint", run_of(path, request.log_root)
     for config in reversed(request.config_files):
         if run_checkpoints(config.parent):
