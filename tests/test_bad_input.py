@@ -117,9 +117,63 @@ def _huge_config(fitted: Path, where: Path) -> str:
     return str(where / "huge.yaml")
 
 
-def _config_of_an_earlier_run_without_logger(fitted: Path, where: Path) -> str:
-    (where / "config.yaml").write_text("seed_everything: 0\n")
-    return "--trainer.logger=false"
+def _optimizer_lr(value: float) -> Callable[[dict], None]:
+    def change(checkpoint: dict) -> None:
+        checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] = value
+
+    return change
+
+
+def _tensor(name: str, make: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[dict], None]:
+    def change(checkpoint: dict) -> None:
+        checkpoint["state_dict"][name] = make(checkpoint["state_dict"][name])
+
+    return change
+
+
+def _hyperparameter(value: object, *keys: str) -> Callable[[dict], None]:
+    def change(checkpoint: dict) -> None:
+        place = checkpoint["hyper_parameters"]
+        for key in keys[:-1]:
+            place = place[key]
+        place[keys[-1]] = value
+
+    return change
+
+
+def _empty_loops(checkpoint: dict) -> None:
+    checkpoint["loops"] = {name: {} for name in checkpoint["loops"]}
+
+
+def _weights_of_lightning(checkpoint: dict) -> None:
+    """What ``Trainer.save_checkpoint(weights_only=True)`` writes: Lightning's layout, no training state."""
+    for key in ("optimizer_states", "lr_schedulers", "loops", "callbacks"):
+        checkpoint.pop(key, None)
+
+
+def _callback_named_by_a_number(checkpoint: dict) -> None:
+    checkpoint["callbacks"][1] = checkpoint["callbacks"].pop(next(iter(checkpoint["callbacks"])))
+
+
+def _config(text: str) -> Callable[[Path, Path], str]:
+    def build(fitted: Path, where: Path) -> str:
+        (where / "c.yaml").write_text(text)
+        return str(where / "c.yaml")
+
+    return build
+
+
+def _fifo(name: str) -> Callable[[Path, Path], str]:
+    def build(fitted: Path, where: Path) -> str:
+        os.mkfifo(where / name)
+        return str(where / name)
+
+    return build
+
+
+def _folder(fitted: Path, where: Path) -> str:
+    (where / "a_folder.ckpt").mkdir()
+    return str(where / "a_folder.ckpt")
 
 
 ROWS = "".join(f"{i * 0.1:.1f},{i % 7},{'yes' if i % 2 else 'no'}\n" for i in range(40))  # lines 2 to 41
@@ -522,7 +576,152 @@ CASES = {
     "zero devices": ("fit", ["--trainer.devices=0"], "devices"),
     "monitored metric that is never logged": ("fit", ["--checkpoint.monitor=val/accuracy"], "val/accuracy"),
     "GPU without a GPU": ("fit", ["--trainer.accelerator=gpu"], "accelerator"),
-    "no logger, twice in one folder": ("fit", [_config_of_an_earlier_run_without_logger], "config.yaml"),
+    # Numbers a checkpoint gives that training or a test would take on trust.
+    "optimizer state with a learning rate of -1, to resume": (
+        "fit",
+        ["--ckpt_path", _changed_checkpoint(_optimizer_lr(-1.0)), "--trainer.max_epochs=2"],
+        "optimizer_states[0].param_groups[0].lr is -1.0, but hyper_parameters.optimizer.init_args.lr is 0.1",
+    ),
+    "optimizer state with an infinite learning rate, to resume": (
+        "fit",
+        ["--ckpt_path", _changed_checkpoint(_optimizer_lr(float("inf"))), "--trainer.max_epochs=2"],
+        "optimizer_states[0].param_groups[0].lr is inf, but",
+    ),
+    "calibration scale of 1e-45 on a temperature run": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(_set_buffers(1e-45, 0.0, "temperature"))],
+        "calibration is damaged: logit_scale 1.401298464324817e-45",
+    ),
+    "data spread at the old lower bound": (
+        "test",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(lambda c: c["TwoGaussianDataModule"].update(input_spread=[1e-12])),
+        ],
+        "input_spread is [1e-12]",
+    ),
+    "complex weights": (
+        "test",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(_tensor("network.layers.0.weight", lambda t: t.to(torch.complex64))),
+        ],
+        "state_dict.network.layers.0.weight is a tensor (strided, complex64, on cpu), not a dense tensor",
+    ),
+    "sparse weights": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(_tensor("network.layers.0.weight", lambda t: t.to_sparse()))],
+        "state_dict.network.layers.0.weight is a tensor (sparse_coo, float32, on cpu), not a dense tensor",
+    ),
+    "meta-device weights": (
+        "test",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(
+                _tensor("network.layers.0.weight", lambda t: torch.empty(t.shape, device="meta"))
+            ),
+        ],
+        "state_dict.network.layers.0.weight is a tensor (strided, float32, on meta), not a dense tensor",
+    ),
+    "a learning rate of 10**400 in a checkpoint": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(_hyperparameter(10**400, "optimizer", "init_args", "lr"))],
+        "hyper_parameters.optimizer.init_args.lr is 1000000000000000000000000000000000000000000000000000",
+    ),
+    "empty loops, to resume": (
+        "fit",
+        ["--ckpt_path", _changed_checkpoint(_empty_loops), "--trainer.max_epochs=2"],
+        "holds no progress of its fit loop to go on training from",
+    ),
+    "Lightning's weights-only checkpoint, to resume": (
+        "fit",
+        ["--ckpt_path", _changed_checkpoint(_weights_of_lightning), "--trainer.max_epochs=2"],
+        "holds no optimizer state to go on training from",
+    ),
+    "a callback's state under a number": (
+        "test",
+        ["--ckpt_path", _changed_checkpoint(_callback_named_by_a_number)],
+        "callbacks is not a mapping of callbacks by name",
+    ),
+    "a FIFO as the checkpoint": ("test", ["--ckpt_path", _fifo("pipe.ckpt")], "is a FIFO, not a file"),
+    "a folder as the checkpoint": ("test", ["--ckpt_path", _folder], "a_folder.ckpt is a folder, not a file"),
+    "the data module's class as the checkpoint's network": (
+        "test",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(
+                _hyperparameter({"class_path": "binclf.data.TwoGaussianDataModule"}, "network")
+            ),
+        ],
+        "hyper_parameters.network.class_path is 'binclf.data.TwoGaussianDataModule', which is not among",
+    ),
+    "a callback's class as the checkpoint's network": (
+        "test",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(
+                _hyperparameter({"class_path": "binclf.monitoring.figures.DiagnosticFigures"}, "network")
+            ),
+        ],
+        "hyper_parameters.network.class_path is 'binclf.monitoring.figures.DiagnosticFigures', which is not",
+    ),
+    # Configs and settings that Lightning takes, then fails on with a traceback, or trains nothing with.
+    "a binary value in a config": (
+        "fit",
+        ["-c", _config("data:\n  scale: !!binary aGVsbG8=\n")],
+        "line 2: a YAML binary value",
+    ),
+    "a key given twice in a config": (
+        "fit",
+        ["-c", _config("data:\n  scale: 0.5\n  batch_size: 8\n  scale: 0.9\n")],
+        "'scale' is given twice (lines 2 and 4); YAML would keep the second without a word",
+    ),
+    "a FIFO as a config": ("fit", ["-c", _fifo("pipe.yaml")], "-c: "),
+    "validation every 0 steps": (
+        "fit",
+        ["--trainer.val_check_interval=0"],
+        "trainer.val_check_interval must be",
+    ),
+    "gradients accumulated over 0 batches": (
+        "fit",
+        ["--trainer.accumulate_grad_batches=0"],
+        "trainer.accumulate_grad_batches must be at least 1, got 0",
+    ),
+    "no training batches": (
+        "fit",
+        ["--trainer.limit_train_batches=0"],
+        "trainer.limit_train_batches must be",
+    ),
+    "a negative learning rate": (
+        "fit",
+        ["--model.optimizer.lr=-1"],
+        "model.optimizer: Invalid learning rate: -1.0",
+    ),
+    "a model seed numpy cannot take": (
+        "fit",
+        ["--seed_everything=1099511627776"],
+        "seed_everything must be a whole number from 0 to 2**32 - 1, got 1099511627776",
+    ),
+    "a data seed numpy cannot take": (
+        "fit",
+        ["--data.seed=1099511627776"],
+        "seed must be a whole number from 0 to 2**32 - 1, got 1099511627776",
+    ),
+    "a run name of 100,000 characters, cut short in the message": (
+        "fit",
+        ["--run_name=" + "x" * 100_000],
+        "(100,",
+    ),
+    "a number past float32 in a table": (
+        "fit",
+        [*TABLE, _table("t.csv", f"x1,x2,label\n1e308,1,yes\n{ROWS}".encode())],
+        "t.csv, column 'x1', line 2: 1e308 is beyond what float32, the network's inputs, holds",
+    ),
+    "a table of 10,001 columns": (
+        "fit",
+        [*TABLE, _table("t.csv", (",".join(f"c{i}" for i in range(10_000)) + ",label\n").encode())],
+        "t.csv: line 1 names 10,001 columns, more than 10,000",
+    ),
     # Tables: ambiguous ones are refused by name; unreadable ones name the file and the line.
     "CSV header with a column twice": (
         "fit",
@@ -605,11 +804,9 @@ def test_bad_input_gets_one_line_naming_it(
     assert exit_.value.code not in (0, None)
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    if err.startswith("usage:"):  # LightningCLI's own parse error, kept: usage, then "error:" and the key
-        assert named in err[err.index("\nerror:") :]
-    else:
-        last = err.strip().splitlines()[-1]
-        assert last.startswith("binclf: error:")
-        assert named in last
+    lines = [line for line in err.splitlines() if line.startswith("binclf: error:")]
+    assert len(lines) == 1, err[-3000:]
+    assert len(lines[0]) <= 600  # an error line is for reading
+    assert named in lines[0]
     # Nothing that looks like a run: a failed command leaves no version folder behind.
     assert not list(tmp_path.glob("**/version_*"))

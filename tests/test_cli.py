@@ -249,7 +249,8 @@ def test_a_bad_setting_ends_with_one_line_no_traceback_and_no_run(binclf_process
     result = binclf_process("fit", "--data.scale=-1")
     assert result.returncode == 2
     assert (
-        result.stderr.strip().splitlines()[-1] == "binclf: error: scale must be positive and finite, got -1.0"
+        result.stderr.strip().splitlines()[-1]
+        == "binclf: error: scale must lie between 1e-06 and 1e+06, got -1.0"
     )
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "lightning_logs").exists()

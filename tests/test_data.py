@@ -179,9 +179,9 @@ def test_the_oracle_is_the_article_closed_form_on_the_default_settings():
     ("kwargs", "message"),
     [
         ({"dim": 2, "mean_a": [1.0, 2.0, 3.0]}, "mean_a must be one number or a list of dim=2"),
-        ({"mean_b": [float("nan")]}, "mean_b must be finite"),
+        ({"mean_b": [float("nan")]}, "mean_b must lie within"),
         ({"scale": [0.1, 0.2, 0.3]}, "scale must be one number or a pair"),
-        ({"scale": [0.1, -0.2]}, "scale must be positive"),
+        ({"scale": [0.1, -0.2]}, "scale must lie between"),
         ({"dim": 0}, "dim must be at least 1"),
     ],
 )

@@ -47,8 +47,7 @@ def run_command(args: list[str]) -> BinclfCLI:
     holds the results (for tests)."""
     command, args = _split(args)
     check_config_files(args)
-    cli = BinclfCLI(command, args)  # parse: LightningCLI's parser checks every setting
-    check_settings(cli.config, command)
+    cli = BinclfCLI(command, args)  # parse: LightningCLI's parser, and binclf's checks, take every setting
     decision = decide(request(command, cli.config, args))  # what the command runs on, decided once
     console.say(decision.line())
     if decision.finished is not None:
@@ -190,6 +189,12 @@ class BinclfCLI(LightningCLI):
         )
         parser.link_arguments("data.input_dim", "model.network.init_args.input_dim", apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """LightningCLI's parsing, then the settings it would take and fail on later, checked before
+        LightningCLI seeds anything with them (:func:`binclf.command.check_settings`)."""
+        super().parse_arguments(parser, args)
+        check_settings(self.config, self.command)
+
     def instantiate_classes(self) -> None:
         """Nothing is built while LightningCLI parses: :func:`run_command` first decides what the command
         runs on, then calls :meth:`build`."""
@@ -210,6 +215,8 @@ class BinclfCLI(LightningCLI):
         """A fit's data module and model are the config's; an evaluation's are the run's own, built in Python
         from the settings its checkpoint gave; both get what the checkpoint holds of them."""
         data, model = self.config_init.data, self.config_init.model
+        if decision.command == "fit":
+            _try_optimizer(model)
         if decision.checkpoint is None:
             return data, model
         if decision.command == "fit":
@@ -371,6 +378,21 @@ def _logger_in(built: Any, trainer: Namespace, run: Path | None) -> Logger | Non
     if isinstance(built, TensorBoardLogger):
         settings["default_hp_metric"] = False  # binclf writes each run's HParams row itself
     return type(built)(**settings)
+
+
+def _try_optimizer(model: Any) -> None:
+    """Build the model's optimizer, and its scheduler, once on a stand-in parameter: settings their classes
+    refuse (a negative learning rate) are named now as the settings they are, not in the middle of fit."""
+    stand_in = torch.nn.Parameter(torch.zeros(1))
+    try:
+        optimizer = model.optimizer([stand_in])
+    except Exception as error:  # whatever the optimizer's constructor raises
+        raise ValueError(f"model.optimizer: {error}") from None
+    try:
+        if model.lr_scheduler is not None:
+            model.lr_scheduler(optimizer)
+    except Exception as error:
+        raise ValueError(f"model.lr_scheduler: {error}") from None
 
 
 def configured_network(config: Namespace) -> tuple[str, type] | None:

@@ -94,7 +94,7 @@ def error_message(error: BaseException) -> str:
     from binclf.checkpoint import CheckpointError
 
     if isinstance(error, ArgumentError):
-        return parse_error_line(str(error))
+        return _short(parse_error_line(str(error)))
 
     # jsonargparse wraps a constructor's own error in its own; the innermost one names the problem, unless
     # an error was raised on purpose in place of the one it handled (``raise ... from None``).
@@ -107,8 +107,20 @@ def error_message(error: BaseException) -> str:
     if lines[0].startswith("Does not validate against any of the Union subtypes"):
         # A class given by class_path: one "- reason" per type the setting allows; None is always one.
         reasons = [line[2:] for line in lines if line.startswith("- ") and "NoneType" not in line]
-        return reasons[0] if reasons else lines[0]
-    return lines[0]
+        return _short(reasons[0] if reasons else lines[0])
+    return _short(lines[0])
+
+
+# The longest error line binclf prints: a value it quotes (a whole file, a long list) is cut short.
+LONGEST_MESSAGE = 500
+
+
+def _short(line: str) -> str:
+    return (
+        line
+        if len(line) <= LONGEST_MESSAGE
+        else f"{line[: LONGEST_MESSAGE - 30]}... ({len(line):,} characters)"
+    )
 
 
 # What a config file may be: far beyond any real config, and far below what would exhaust memory or the
@@ -126,10 +138,10 @@ def check_config_files(args: list[str]) -> None:
     """Name a config file that is not valid YAML, with its line, before LightningCLI would print its whole
     usage and an error about a ``<unicode string>``; and refuse one that is too large, nested too deep, or
     whose aliases expand to too many values (:data:`CONFIG_LIMITS`)."""
+    from binclf.paths import regular_file
+
     for path in map(Path, config_files(args)):
-        if not path.is_file():
-            continue  # LightningCLI says so itself
-        check_config_text(path.read_bytes(), path)
+        check_config_text(regular_file(path, "-c").read_bytes(), path)
 
 
 def check_config_text(data: bytes, path: Path) -> None:
@@ -153,9 +165,18 @@ def check_config_text(data: bytes, path: Path) -> None:
         line = node.start_mark.line + 1
         if depth > CONFIG_LIMITS["depth"]:
             raise ValueError(f"{path}, line {line}: nested deeper than {CONFIG_LIMITS['depth']} levels")
+        if (
+            node.tag not in _PLAIN_TAGS
+        ):  # written as !!binary, !!python/..., !!timestamp or a tag of one's own
+            kind = node.tag.removeprefix("tag:yaml.org,2002:")
+            raise ValueError(
+                f"{path}, line {line}: a YAML {kind} value; a config holds text, numbers, booleans, lists "
+                "and mappings only (quote it to mean the text)"
+            )
         if id(node) not in expanded:
             children = node.value if isinstance(node, yaml.SequenceNode) else []
             if isinstance(node, yaml.MappingNode):
+                _refuse_repeated_keys(node, path)
                 children = [part for pair in node.value for part in pair]
             total = 1 + sum(count(child, depth + 1) for child in children)
             if total > CONFIG_LIMITS["values"]:
@@ -168,6 +189,28 @@ def check_config_text(data: bytes, path: Path) -> None:
 
     if root is not None:
         count(root, 0)
+
+
+# What YAML reads a config's values as: text, numbers, booleans, null, lists and mappings (and ``<<``, which
+# merges one mapping into another).
+_PLAIN_TAGS = {
+    f"tag:yaml.org,2002:{kind}" for kind in ("str", "int", "float", "bool", "null", "seq", "map", "merge")
+}
+
+
+def _refuse_repeated_keys(mapping: yaml.MappingNode, path: Path) -> None:
+    """A key given twice in one mapping: YAML keeps the last without a word, so the first is refused."""
+    seen: dict[Any, int] = {}
+    for key, _ in mapping.value:
+        if not isinstance(key, yaml.ScalarNode):
+            continue
+        line = key.start_mark.line + 1
+        if key.value in seen:
+            raise ValueError(
+                f"{path}, line {line}: {key.value!r} is given twice (lines {seen[key.value]} and {line}); "
+                "YAML would keep the second without a word"
+            )
+        seen[key.value] = line
 
 
 def after_failure(error: BaseException, run: RunFolder, trainer: Any, fitting: bool) -> BaseException:
@@ -214,6 +257,28 @@ def check_settings(config: Namespace, subcommand: str | None) -> None:
     for key in ("max_epochs", "max_steps"):
         if trainer.get(key) == 0:
             raise ValueError(f"trainer.{key} is 0: there would be nothing to train")
+        if trainer.get(key) is not None and trainer.get(key) < -1:
+            raise ValueError(f"trainer.{key} must be -1 (no limit) or more, got {trainer.get(key)}")
+    # Counts and fractions that Lightning takes and then divides by, or trains nothing with, without a word.
+    for key, least in [
+        ("accumulate_grad_batches", 1),
+        ("log_every_n_steps", 0),
+        ("num_sanity_val_steps", -1),
+    ]:
+        value = trainer.get(key)
+        if value is not None and value < least:
+            raise ValueError(f"trainer.{key} must be at least {least}, got {value}")
+    for key in ("val_check_interval", "limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        value = trainer.get(key)
+        if value is None:
+            continue
+        nothing = value <= 0 and (key != "limit_val_batches" or value < 0)
+        if nothing or (isinstance(value, float) and value > 1):
+            what = "a whole number of batches, at least 1, or a fraction of an epoch between 0 and 1"
+            raise ValueError(f"trainer.{key} must be {what}, got {value}")
+    seed = config.get("seed_everything")
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
+        raise ValueError(f"seed_everything must be a whole number from 0 to 2**32 - 1, got {seed}")
     accelerator = trainer.get("accelerator")
     gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
     if accelerator in ("gpu", "cuda") and not gpu:
@@ -221,13 +286,6 @@ def check_settings(config: Namespace, subcommand: str | None) -> None:
             f"trainer.accelerator={accelerator}, but torch finds no GPU on this machine: use "
             "--trainer.accelerator cpu, or auto to take a GPU only where there is one"
         )
-    if trainer.get("logger") is False:
-        saved = Path(trainer.get("default_root_dir") or ".") / "config.yaml"
-        if saved.exists():
-            raise ValueError(
-                f"with trainer.logger=false each command saves its config as {saved}, and one is there "
-                "already: give this command its own --trainer.default_root_dir, or remove that file"
-            )
     calibration = config.model.get("calibration", "none")
     if subcommand == "fit" and calibration != "none" and trainer.get("limit_val_batches") == 0:
         raise ValueError(

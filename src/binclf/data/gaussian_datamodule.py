@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +21,10 @@ _TRAIN, _VAL, _TEST = 0, 1, 2
 # A training size a checkpoint may claim: more samples per class than this would not fit in any memory.
 _LARGEST_TRAINING_SET = 10**12
 
+# Means within ±1e6, scales between 1e-6 and 1e6: the data is drawn in float32, and its log-likelihood
+# ratio computed from it, which further out lose the digits that tell the classes apart.
+_LARGEST = 1e6
+
 # The article's histogram (and the predict grid) spans this many scales beyond the outer means.
 _SPAN_IN_SCALES = 5.0
 
@@ -37,7 +40,7 @@ def _vector(name: str, value: float | Sequence[float], dim: int) -> np.ndarray:
         np.full(dim, value, dtype=np.float64) if np.isscalar(value) else np.asarray(value, dtype=np.float64)
     )
     _require(vector.shape == (dim,), f"{name} must be one number or a list of dim={dim} numbers, got {value}")
-    _require(bool(np.isfinite(vector).all()), f"{name} must be finite, got {value}")
+    _require(bool((np.abs(vector) <= _LARGEST).all()), f"{name} must lie within ±{_LARGEST:g}, got {value}")
     return vector
 
 
@@ -46,7 +49,8 @@ def _scales(value: float | Sequence[float]) -> tuple[float, float]:
     scales = [value, value] if np.isscalar(value) else list(value)
     _require(len(scales) == 2, f"scale must be one number or a pair [scale_a, scale_b], got {value}")
     _require(
-        all(math.isfinite(s) and s > 0 for s in scales), f"scale must be positive and finite, got {value}"
+        all(1 / _LARGEST <= s <= _LARGEST for s in scales),
+        f"scale must lie between {1 / _LARGEST:g} and {_LARGEST:g}, got {value}",
     )
     return float(scales[0]), float(scales[1])
 

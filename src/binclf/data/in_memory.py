@@ -11,14 +11,15 @@ from torch import Tensor
 
 from binclf.data.batches import EpochBatchSampler, InMemoryBatches
 
-# What a checkpoint may say a feature's centre and spread are: far beyond any real data, and far enough
-# from 0 and overflow that standardising stays finite.
-_LARGEST_CENTRE, _SPREAD_RANGE = 1e12, (1e-12, 1e12)
+# What a checkpoint may say a feature's centre and spread are: far beyond any real data (a timestamp's
+# centre is 2e9), and a spread far enough from 0 that a standardised feature stays a number a network can
+# take (one scaled by 1e12 turns every logit into noise).
+_LARGEST_CENTRE, _SPREAD_RANGE = 1e12, (1e-6, 1e12)
 
 
 def check_standardisation(centre: Any, spread: Any, width: int, names: tuple[str, str]) -> None:
     """Raise ``ValueError`` unless ``centre`` and ``spread``, read from a checkpoint's data state, are lists
-    of ``width`` floats: every centre finite and within ±1e12, every spread between 1e-12 and 1e12."""
+    of ``width`` floats: every centre finite and within ±1e12, every spread between 1e-6 and 1e12."""
     for name, values, ok in [
         (names[0], centre, lambda v: abs(v) <= _LARGEST_CENTRE),
         (names[1], spread, lambda v: _SPREAD_RANGE[0] <= v <= _SPREAD_RANGE[1]),
@@ -73,8 +74,8 @@ class InMemoryDataModule(LightningDataModule):
         for name, value in [("batch_size", batch_size), ("eval_batch_size", eval_batch_size)]:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
+        if not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be a whole number from 0 to 2**32 - 1, got {seed}")
         self.batch_size = batch_size
         # Evaluation batches only split the work: metrics weigh every sample alike whatever their size, and
         # a few large batches cost far less per epoch than many small ones.

@@ -17,6 +17,10 @@ from binclf.data.in_memory import InMemoryDataModule, LabelledData, check_standa
 
 log = logging.getLogger(__name__)  # the CLI shows binclf's INFO messages on the console
 
+# A table this many columns wide is beyond what a network of binclf's kind is for: each column is an input.
+MOST_COLUMNS = 10_000
+# The largest float32: a value past it would become infinite as the network's input.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Array kinds a table may hold: booleans, integers, floats, and text (for labels and ids).
 _READABLE_KINDS = "biufUS"
 # The words YAML 1.1 reads as booleans: `label_names: [no, yes]` arrives as [False, True].
@@ -32,8 +36,10 @@ class Table:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        if not path.is_file():
+        if not path.exists():
             raise DataError(f"{path}: file not found")
+        if not path.is_file():  # a folder, or a FIFO, which reading would wait on for ever
+            raise DataError(f"{path}: not a regular file")
         suffix = path.suffix.lower()
         self.csv = suffix == ".csv"
         if self.csv:
@@ -75,6 +81,10 @@ class Table:
         if not rows:
             raise DataError(f"{path}: the file is empty")
         header, body = rows[0], rows[1:]
+        if len(header) > MOST_COLUMNS:
+            raise DataError(
+                f"{path}: line {lines[0]} names {len(header):,} columns, more than {MOST_COLUMNS:,}"
+            )
         for i, name in enumerate(header):
             if not name:
                 raise DataError(f"{path}: line {lines[0]}: column {i + 1} of the header has no name")
@@ -92,10 +102,16 @@ class Table:
         try:
             loaded = np.load(path, allow_pickle=False)  # pickled objects could run code
             if isinstance(loaded, np.lib.npyio.NpzFile):
+                if len(loaded.files) > MOST_COLUMNS:
+                    raise DataError(
+                        f"{path}: {len(loaded.files):,} arrays, more than {MOST_COLUMNS:,} columns"
+                    )
                 columns = {}
                 for name in loaded.files:
                     columns[name] = loaded[name]
             elif loaded.ndim == 2:
+                if loaded.shape[1] > MOST_COLUMNS:
+                    raise DataError(f"{path}: {loaded.shape[1]:,} columns, more than {MOST_COLUMNS:,}")
                 columns = {str(i): loaded[:, i] for i in range(loaded.shape[1])}
             else:
                 raise DataError(f"{path}: expected a 2-D array (rows x columns), got shape {loaded.shape}")
@@ -133,15 +149,22 @@ class Table:
         for j, name in enumerate(names):
             column = self.column(name)
             try:
-                out[:, j] = column.astype(np.float64)
-            except ValueError:
+                values = column.astype(np.float64)
+            except (ValueError, OverflowError):
                 bad = next(i for i, value in enumerate(column) if not _is_number(value))
                 raise DataError(f"{self.where(name, bad)}: {str(column[bad])!r} is not a number") from None
-            infinite = np.flatnonzero(~np.isfinite(out[:, j]))
+            infinite = np.flatnonzero(~np.isfinite(values))
             if len(infinite):
                 raise DataError(
                     f"{self.where(name, infinite[0])}: {column[infinite[0]]} is not a finite number"
                 )
+            too_large = np.flatnonzero(np.abs(values) > _FLOAT32_MAX)
+            if len(too_large):
+                raise DataError(
+                    f"{self.where(name, too_large[0])}: {column[too_large[0]]} is beyond what float32, the "
+                    f"network's inputs, holds (±{_FLOAT32_MAX:.3g})"
+                )
+            out[:, j] = values
         return out
 
     def labels(self, name: str) -> np.ndarray:
