@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Re-install only when the packaging files change. `make train` installs what training needs; `make test`
-# adds the dev tools (pytest, ruff) and the Ray extra that the study's cluster tests use.
+# adds the dev tools (pytest, Hypothesis, ruff) and the Ray extra that the study's cluster tests use.
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev train test test-fast lint bench figures sweep sweep-ratio tensorboard clean
+.PHONY: install install-dev train test test-fast fuzz lint bench figures sweep sweep-ratio tensorboard clean
 
 install: $(STAMP)
 install-dev: $(DEV_STAMP)
@@ -40,6 +40,13 @@ test: lint
 # While developing: the same lint and every test but those marked slow. `make test` (and CI) runs them all.
 test-fast: lint
 	$(BIN)/pytest -m "not slow"
+
+# Hostile input: many more generated examples than `make test` tries, chosen afresh; every distinct failure
+# is shown (tests/hostile.py).
+fuzz: install-dev
+	rm -f .fuzz-findings.jsonl
+	BINCLF_FUZZ=.fuzz-findings.jsonl $(BIN)/pytest tests/test_hostile.py -p no:cacheprovider -q --no-header $(FUZZ_ARGS)
+	$(BIN)/python tests/hostile.py .fuzz-findings.jsonl
 
 # Speed and memory against the bare PyTorch loop, printed as tables; each script says what it measures.
 bench: install-dev
