@@ -48,3 +48,16 @@ def built(command: str, args: list[str]):
     decision = decide(request(command, cli.config, args))
     cli.build(decision, RunFolder(decision.log_root, decision.run))
     return cli
+
+
+def result_of(run, **fields) -> dict:
+    """The result.json a worker writes for a run that finished, as plain as it can be."""
+    return {
+        "run": run.name,
+        "seed": run.seed,
+        **run.settings,
+        "status": "ok",
+        "error": "",
+        "args": run.args,
+        **fields,
+    }

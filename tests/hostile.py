@@ -1,5 +1,6 @@
-"""What the hostile-input suite (``tests/test_hostile.py``) shares: Hypothesis's profiles, the outcome of one
-command, what every outcome must be, and a tree of files a command must leave as it found them.
+"""What the hostile-input suite (``tests/test_hostile.py``, and the sweep's in ``tests/study``) shares:
+Hypothesis's profiles, the values it draws from, the outcome of one command, what every outcome must be,
+and a tree of files a command must leave as it found them.
 
 Two profiles: ``ci`` (the default) tries a fixed set of examples, chosen the same way on every run, so
 ``make test`` is deterministic and bounded, and fails on the first problem. ``fuzz`` (``BINCLF_FUZZ`` set to
@@ -24,12 +25,68 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
 
 FINDINGS = os.environ.get("BINCLF_FUZZ")
 _COMMON = {"deadline": None, "suppress_health_check": list(HealthCheck), "database": None}
 settings.register_profile("ci", derandomize=True, print_blob=False, **_COMMON)
 settings.register_profile("fuzz", max_examples=300, phases=[Phase.generate], **_COMMON)
 settings.load_profile("fuzz" if FINDINGS else "ci")
+
+# Examples per family in `make test`.
+EXAMPLES = {"checkpoints": 100, "configs": 100, "tables": 60, "sweeps": 100}
+
+
+def examples(family: str) -> settings:
+    return settings() if FINDINGS else settings(max_examples=EXAMPLES[family])
+
+
+# Values that no setting or file field should take without a word: extremes, wrong types, code.
+NUMBERS = st.sampled_from(
+    [
+        0,
+        -1,
+        1,
+        3,
+        2**31,
+        2**63,
+        -(2**63),
+        1e308,
+        -1e308,
+        1e-45,
+        1e-300,
+        float("nan"),
+        float("inf"),
+        -float("inf"),
+    ]
+)
+STRINGS = st.one_of(
+    st.sampled_from(
+        [
+            "",
+            "..",
+            "../../outside/notes.txt",
+            "/etc/passwd",
+            "planted.Net",
+            "builtins.print",
+            "os.system",
+            "subprocess.Popen",
+            '{"class_path": "planted.Net"}',
+            "class_path: planted.Net",
+            "!!python/object/apply:os.system ['true']",
+            '=HYPERLINK("http://x")',
+            "x" * 20_000,
+            "é€😀\u202e",
+            "binclf.data.TwoGaussianDataModule",
+            "binclf.monitoring.tensorboard.RunLogger",
+            "lightning.pytorch.callbacks.ModelCheckpoint",
+            "binclf.monitoring.figures.DiagnosticFigures",
+            "torch.nn.Linear",
+        ]
+    ),
+    st.text(max_size=12),
+)
+
 
 # The longest error line a person should be asked to read.
 LONGEST_LINE = 1_000
@@ -49,8 +106,11 @@ class Outcome:
 
     @property
     def error_lines(self) -> list[str]:
-        starts = ("binclf: error:", "binclf-sweep: error:")
-        return [line for line in self.err.splitlines() if line.startswith(starts)]
+        return [line for line in self.err.splitlines() if re.match(r"binclf(-\w+)?: error:", line)]
+
+
+def working_in(folder: Path) -> contextlib.AbstractContextManager[None]:
+    return contextlib.chdir(folder)
 
 
 def command(run: Callable[[], object]) -> Outcome:

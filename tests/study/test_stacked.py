@@ -191,7 +191,7 @@ def test_a_bad_member_fails_alone_and_the_others_train_as_if_it_were_not_there(i
             rows[name] = {row["run"]: row for row in csv.DictReader(file)}
     bad = "scale=-1,seed=0"
     assert rows["stacked"][bad]["status"] == rows["solo"][bad]["status"] == "failed"
-    assert "scale must be positive" in rows["stacked"][bad]["error"]
+    assert "scale must lie between 1e-06 and 1e+06, got -1.0" in rows["stacked"][bad]["error"]
     assert rows["stacked"][bad]["error"] == rows["solo"][bad]["error"]
     for run in ("scale=0.3,seed=0", "scale=1,seed=0"):
         assert rows["stacked"][run]["status"] == rows["solo"][run]["status"] == "ok"

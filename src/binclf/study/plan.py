@@ -73,6 +73,7 @@ def plan(
 ) -> list[Run]:
     """Every (cell, seed) of the grid, in a stable order, with the arguments for ``binclf fit``; refused,
     before any is made, if there would be more than ``max_runs``."""
+    _check_kinds(grid, seeds, extra_args)
     if not grid:
         raise ValueError("the grid is empty: give --grid or a sweep config with grid:")
     owned = [key for key in grid if key in OWNED or key.startswith("trainer.logger.")]
@@ -176,6 +177,24 @@ def tasks(runs: list[Run], workers: int, mode: str) -> list[list[Run]]:
         parts = min(workers, len(group))
         stacks += [group[i::parts] for i in range(parts)]  # round robin: stacks of equal size, mixed cells
     return stacks
+
+
+def _check_kinds(grid: Any, seeds: Any, extra_args: Any) -> None:
+    """The grid, seeds and extra arguments as the sweep's parser reads them: plain lists and a mapping, whose
+    items are checked here, each in one step (see :func:`binclf.study.sweep.parser`). The error line cuts a
+    long value short."""
+    if not isinstance(grid, dict) or not all(isinstance(key, str) for key in grid):
+        raise ValueError("grid must map setting names to lists of values")
+    for key, values in grid.items():
+        if not isinstance(values, list):
+            raise ValueError(f"grid.{key} is {values!r}, not a list of values")
+        odd = next((value for value in values if not isinstance(value, (str, int, float))), None)
+        if odd is not None:
+            raise ValueError(f"grid.{key}: {odd!r} is not a number, a boolean or a text")
+    if not isinstance(seeds, list):
+        raise ValueError(f"seeds is {seeds!r}, not a list of whole numbers")
+    if not isinstance(extra_args, list) or not all(isinstance(arg, str) for arg in extra_args):
+        raise ValueError("args must be a list of binclf fit arguments, e.g. [--data.num_samples=1000]")
 
 
 def fresh_run_folder(run: Run) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
 import multiprocessing
 import os
@@ -92,6 +93,8 @@ def sweep_lock(sweep_dir: Path) -> Iterator[None]:
     try:
         handle = os.open(path, flags, 0o644)
     except OSError as error:
+        if error.errno in (errno.ENXIO, errno.ELOOP):  # a FIFO with no reader; a link
+            raise ValueError(f"{path} is not a regular file: it cannot be the sweep's lock") from None
         raise ValueError(f"{path} cannot be the sweep's lock: {error.strerror}") from None
     with os.fdopen(handle, "a") as lock:
         if not stat.S_ISREG(os.fstat(handle).st_mode):
@@ -272,16 +275,14 @@ def parser() -> ArgumentParser:
     parser.add_argument("--name", type=str, default="sweep", help="the sweep folder's name")
     parser.add_argument("--root", type=str, default="lightning_logs/sweeps", help="where sweep folders go")
     parser.add_argument("--base_config", type=str, default="configs/default.yaml", help="binclf fit -c ...")
-    parser.add_argument("--args", type=list[str], default=[], help="extra binclf fit arguments for every run")
+    # Plain list and dict, whose items plan() checks: jsonargparse 4.53 adapts a typed list in time that
+    # grows with the square of its length (fixed upstream, jsonargparse pull request 975), and a grid or
+    # seed list of thousands must be refused at once, not after minutes.
+    parser.add_argument("--args", type=list, default=[], help="extra binclf fit arguments for every run")
     parser.add_argument(
-        "--grid",
-        type=dict[str, list[int | float | str]],
-        default={},
-        help="setting: [values], e.g. data.scale",
+        "--grid", type=dict, default={}, help="setting: [values], e.g. data.scale: numbers, booleans or texts"
     )
-    parser.add_argument(
-        "--seeds", type=list[int], default=[0], help="model and data seed of each cell's runs"
-    )
+    parser.add_argument("--seeds", type=list, default=[0], help="model and data seed of each cell's runs")
     parser.add_argument("--epochs", type=int | None, default=None, help="budget: epochs per run")
     parser.add_argument("--steps", type=int | None, default=None, help="budget: optimizer steps per run")
     parser.add_argument("--workers", type=int, default=0, help="parallel runs; 0 means one per core")
