@@ -30,7 +30,9 @@ def _corrupted(fitted: Path, where: Path) -> str:
 
 def _other_architecture(fitted: Path, where: Path) -> str:
     checkpoint = torch.load(fitted, weights_only=True)
-    checkpoint["hyper_parameters"]["network"]["init_args"]["hidden_sizes"] = [8]  # weights stay 64 wide
+    # The same layers, 8 wide where the weights are 64: names match, shapes do not.
+    network = checkpoint["hyper_parameters"]["network"]["init_args"]
+    network["hidden_sizes"] = [8] * len(network["hidden_sizes"])
     torch.save(checkpoint, where / "other.ckpt")
     return str(where / "other.ckpt")
 
@@ -235,7 +237,13 @@ CASES = {
     "missing checkpoint": ("test", ["--ckpt_path=absent.ckpt"], "absent.ckpt"),
     "truncated checkpoint": ("test", ["--ckpt_path", _truncated], "truncated.ckpt is incomplete"),
     "corrupted checkpoint": ("test", ["--ckpt_path", _corrupted], "corrupted.ckpt"),
-    "checkpoint of another architecture": ("test", ["--ckpt_path", _other_architecture], "does not fit"),
+    # Refused on the meta device, before a network of the checkpoint's settings takes any memory.
+    "checkpoint of another architecture": (
+        "test",
+        ["--ckpt_path", _other_architecture],
+        "hyper_parameters.network.init_args describe a MLP that does not fit the checkpoint's weights (first "
+        "difference: layers.0.bias)",
+    ),
     "checkpoint for data of another dimension": (
         "test",
         ["--data.dim=3", "--ckpt_path", None],
@@ -338,6 +346,18 @@ CASES = {
             ),
         ],
         "best_k_models is '/etc/hostname', not a checkpoint in its own folder",
+    ),
+    "checkpoint naming a file in a neighbouring folder to delete": (
+        "fit",
+        [
+            "--ckpt_path",
+            _changed_checkpoint(
+                lambda c: (state := _model_checkpoint_state(c))["best_k_models"].update(
+                    {state["dirpath"] + "_old/x.ckpt": torch.tensor(0.1)}
+                )
+            ),
+        ],
+        "checkpoints_old/x.ckpt', not a checkpoint in its own folder",
     ),
     "checkpoint whose last path climbs out of its folder": (
         "fit",
@@ -707,10 +727,15 @@ CASES = {
         ["--data.seed=1099511627776"],
         "seed must be a whole number from 0 to 2**32 - 1, got 1099511627776",
     ),
-    "a run name of 100,000 characters, cut short in the message": (
+    "a run name of 100,000 characters": (
         "fit",
         ["--run_name=" + "x" * 100_000],
-        "(100,",
+        "is longer than 200 bytes: give one folder name",
+    ),
+    "a data path of 100,000 characters, cut short in the message": (
+        "fit",
+        [*TABLE, "x" * 100_000 + ".csv"],
+        "... (100,",
     ),
     "a number past float32 in a table": (
         "fit",

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -53,3 +54,13 @@ def test_objects_passed_from_python_stay_out_of_hyperparameters():
     # A live module or a lambda in hparams would make checkpoints unpicklable or unsafe to load.
     model = BinaryClassifier(MLP(), optimizer=lambda params: torch.optim.Adam(params))
     assert not any(isinstance(v, nn.Module) or callable(v) for v in model.hparams.values())
+
+
+@pytest.mark.parametrize("loss", [float("nan"), float("inf"), -float("inf")])
+def test_a_loss_that_is_not_finite_is_divergence_and_a_finite_one_is_not(loss):
+    model = BinaryClassifier(MLP())
+    why = model.divergence("training", torch.tensor(loss), epoch=3, step=70)
+    assert why == (
+        f"the training loss became {loss} at epoch 3, step 70: training diverged; lower the learning rate"
+    )
+    assert model.divergence("validation", torch.tensor(1e30), epoch=3) is None

@@ -229,7 +229,7 @@ def test_a_named_run_is_its_own_folder_and_tensorboard_run(binclf, tmp_path, cap
     with pytest.raises(SystemExit):
         cli_main(["fit", "--run_name=../elsewhere"])
     error = capsys.readouterr().err
-    assert error.startswith("binclf: error: --run_name '../elsewhere': a run name is one folder name")
+    assert error == "binclf: error: --run_name '../elsewhere' is a path, not one name: give one folder name\n"
     assert len(error.splitlines()) == 1
 
 

@@ -219,8 +219,9 @@ def _check_model_checkpoint_state(state: Any, key: str, damaged: Callable[[str, 
         if not isinstance(value, str):
             raise damaged(where, "is not a path")
         inside = dirpath is not None and os.path.dirname(value) == dirpath.rstrip(os.sep)
-        if value and not (inside and value.endswith(".ckpt") and ".." not in Path(value).parts):
-            raise damaged(where, f"is {value[:80]!r}, not a checkpoint in its own folder")
+        if value and not (inside and value.endswith(".ckpt")):
+            shown = value if len(value) <= 80 else f"...{value[-77:]}"  # a path's end says the most
+            raise damaged(where, f"is {shown!r}, not a checkpoint in its own folder")
     scores = [state.get(name) for name in ("best_model_score", "current_score", "kth_value")]
     for score in [*scores, *best_k.values()]:
         if score is None:

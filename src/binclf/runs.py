@@ -44,7 +44,7 @@ from binclf.checkpoint import (
     text_settings,
     trained_data_class,
 )
-from binclf.paths import regular_file
+from binclf.paths import folder_name, regular_file
 
 DOING = {"fit": "fitting", "validate": "validating", "test": "testing", "predict": "predicting with"}
 _VERSION = re.compile(r"version_(\d+)")
@@ -396,10 +396,12 @@ def checkpoint_filename(monitor: str) -> str:
 
 
 def check_run_name(run_name: str | None) -> None:
-    """A run name is one folder name, and not one that binclf's own run folders take."""
-    if run_name is not None and (
-        not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*", run_name) or _VERSION.fullmatch(run_name)
-    ):
+    """A run name is one folder name (:func:`binclf.paths.folder_name`), of plain characters, and not one
+    that binclf's own run folders take."""
+    if run_name is None:
+        return
+    folder_name(run_name, "--run_name")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*", run_name) or _VERSION.fullmatch(run_name):
         raise ValueError(
             f"--run_name {run_name!r}: a run name is one folder name of letters, digits and . _ = , + - "
             "(not starting with one of those signs), other than version_N"
