@@ -262,15 +262,37 @@ def test_tables_from_spreadsheets_and_yaml_label_names_read_as_written(project):
     assert fit.datamodule.label_names == ["no", "yes"]
 
 
+def test_the_split_has_its_own_seed_and_the_seed_shuffles_only_the_training_batches(project):
+    def split(**seeds) -> tuple[TabularDataModule, dict[str, set]]:
+        datamodule = TabularDataModule("configs/examples/emails.csv", id_column="email_id", **seeds)
+        datamodule.setup("fit")
+        datamodule.setup("test")
+        rows = {
+            name: {tuple(row) for row in getattr(datamodule, name).features.tolist()}
+            for name in ("train_set", "val_set", "test_set")
+        }
+        return datamodule, rows
+
+    first, rows = split(seed=0)
+    other_seed, same_rows = split(seed=1)
+    assert same_rows == rows
+    batches = [next(iter(d.train_dataloader()))[0] for d in (first, other_seed)]
+    assert not torch.equal(*batches)  # the seed still shuffles
+    _, other_rows = split(seed=0, split_seed=1)
+    assert other_rows["test_set"] != rows["test_set"]
+    with pytest.raises(DataError, match="split_seed must be a whole number from 0 to 2\\*\\*32 - 1, got -1"):
+        TabularDataModule("configs/examples/emails.csv", id_column="email_id", split_seed=-1)
+
+
 def test_test_and_predict_standardise_with_the_statistics_the_model_was_trained_with(project):
     fit = run_command(["fit", "-c", "configs/tabular_example.yaml", "--trainer.max_epochs=2"])
     trained = torch.load(fit.trainer.checkpoint_callback.best_model_path, weights_only=True)[
         "TabularDataModule"
     ]
     # Another split seed gives other training rows, whose statistics differ from the checkpoint's.
-    other_split = ["--data.seed=1"]
+    other_split = ["--data.split_seed=1"]
     fresh = TabularDataModule(
-        "configs/examples/emails.csv", id_column="email_id", label_names=["ham", "spam"], seed=1
+        "configs/examples/emails.csv", id_column="email_id", label_names=["ham", "spam"], split_seed=1
     )
     assert fresh.mean != trained["mean"]
     for subcommand in ("test", "predict"):

@@ -14,7 +14,7 @@ from helpers import DEFAULT_CONFIG, SMALL
 
 import binclf.checkpoint
 from binclf.checkpoint import load_checkpoint
-from binclf.cli import run_command
+from binclf.cli import BinclfCLI, run_command
 from binclf.data import TwoGaussianDataModule
 from binclf.workarounds import (
     built_by_lightning_cli,
@@ -31,6 +31,16 @@ def test_lightning_cli_says_when_it_builds_the_module(binclf):
     # from a checkpoint. Had the private context variable stopped being set, these would be missing.
     assert fit.model.hparams["network"]["class_path"] == "binclf.networks.MLP"
     assert fit.model.hparams["optimizer"]["class_path"] == "torch.optim.SGD"
+
+
+def test_a_module_built_from_another_config_records_that_configs_settings(monkeypatch):
+    """A sweep's stack builds each member with its first run's parser: each member's checkpoint must record
+    its own optimizer, which it does only while LightningCLI takes the settings from ``config_dump``."""
+    monkeypatch.setattr(sys, "argv", ["binclf"])
+    cli = BinclfCLI("fit", ["-c", str(DEFAULT_CONFIG), "--model.optimizer.lr=0.05"])
+    other = cli.parser.parse_args(["-c", str(DEFAULT_CONFIG), "--model.optimizer.lr=0.2"])
+    assert cli.instantiated(other).model.hparams["optimizer"]["init_args"]["lr"] == 0.2
+    assert cli.instantiated(cli.config).model.hparams["optimizer"]["init_args"]["lr"] == 0.05
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ from binclf.parser import BinclfArgumentParser, unknown_command
 from binclf.runs import Decision, Request, RunFolder, check_run_name, checkpoint_filename, decide
 from binclf.safe_io import SafeCheckpointIO, atomic_write
 from binclf.usage import SUBCOMMANDS, answered_at_once
-from binclf.workarounds import NullProfiler
+from binclf.workarounds import NullProfiler, hyperparameters_of
 
 
 def run_command(args: list[str]) -> BinclfCLI:
@@ -287,6 +287,7 @@ class BinclfCLI(LightningCLI):
         any of it is allocated."""
         network = configured_network(config)
         planned = [(_planned_network, network[1], False)] if network is not None else []
+        hyperparameters_of(self, config)  # the module records these settings, not those the CLI parsed
         return self.parser.instantiate(config, instantiators=planned)
 
 

@@ -15,6 +15,7 @@ import sys
 import threading
 from typing import Any, NoReturn
 
+import yaml
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.profilers import PassThroughProfiler
 from torch import Tensor
@@ -41,6 +42,16 @@ def lightning_cli_settings(hyperparameters: dict[str, Any]) -> tuple[Any, dict[s
     if settings.get("_instantiator") == "lightning.pytorch.cli.instantiate_module":
         del settings["_instantiator"]
     return class_path, settings
+
+
+def hyperparameters_of(cli: Any, config: Any) -> None:
+    """Make the module that ``cli`` builds next record ``config``'s settings as its hyperparameters
+    (behaviour, not speed). LightningCLI hands the module the settings of the config it parsed itself, which
+    it dumps once and keeps as ``config_dump``; a sweep's stack builds every member with its first run's
+    parser, so each member's own config must take that place, or every member's checkpoint would record the
+    first run's optimizer."""
+    dumped = cli.parser.dump(config, skip_link_targets=False, skip_none=False, format="yaml")
+    cli.config_dump = yaml.safe_load(dumped)  # binclf's parser has no subcommands: one per command
 
 
 def datamodule_state_key(datamodule: Any) -> str:

@@ -168,6 +168,53 @@ def test_a_member_of_a_stack_is_its_solo_run(in_tmp, kind):
             assert alone[0]["global_step"] < STEPS
 
 
+# Grids whose members differ in optimizer or scheduler settings, and in training size (epochs of 4 and 5
+# steps): each member steps an optimizer of its own settings in the stack. Which of the grid's runs stack.
+OPTIMIZER_GRIDS = {
+    "SGD lr, momentum and weight decay": (
+        {
+            "data.num_samples": [100, 150],
+            "model.optimizer.lr": [0.05, 0.2],
+            "model.optimizer.momentum": [0.0, 0.9],
+            "model.optimizer.weight_decay": [0.0, 0.01],
+        },
+        [],
+        [0, 5, 10, 15],  # lr, momentum, weight decay: each member's own
+    ),
+    "Adam lr and betas": (
+        {
+            "data.num_samples": [100, 150],
+            "model.optimizer.lr": [0.005, 0.01],
+            "model.optimizer.betas": ["[0.9, 0.999]", "[0.8, 0.99]"],
+        },
+        # Adam divides each step by the gradient's running size, so rounding differences between a stack
+        # and a solo run grow with its learning rate: up to 0.01 they stay within the tolerance above.
+        ["--model.optimizer=Adam"],
+        [0, 3, 7],
+    ),
+    "StepLR step size and gamma": (
+        {
+            "data.num_samples": [100, 150],
+            "model.lr_scheduler.step_size": [2, 3],
+            "model.lr_scheduler.gamma": [0.5, 0.1],
+        },
+        ["--model.lr_scheduler=StepLR"],
+        [0, 3, 6],
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grid", OPTIMIZER_GRIDS)
+def test_members_with_their_own_optimizer_settings_are_their_solo_runs(in_tmp, grid):
+    settings, extra, chosen = OPTIMIZER_GRIDS[grid]
+    every = plan(str(DEFAULT_CONFIG), settings, [0], [*ARGS, *extra], in_tmp / "stacked", None, STEPS)
+    runs = [every[index] for index in chosen]
+    together = stacked(runs, in_tmp)
+    for run in runs:
+        assert_same_run(together[run.name], solo(run, in_tmp))
+
+
 class WeightedLoss(BinaryClassifier):
     """A user's module with its own loss: class b weighted five times."""
 

@@ -528,36 +528,64 @@ def test_a_cell_with_one_seed_shows_its_value_without_a_spread(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_into_a_file_says_a_line_per_group_and_per_run(tmp_path, default_config):
+    """Into a file, one line per stack or solo group and one per run. A 2 learning rates × 2 seeds grid on 2
+    workers (this 2-core machine's default; with more, each run would have a worker of its own) and an
+    epoch budget (every run's epochs of one length) trains as two stacks: a run's time is its stack's, and
+    the line says so."""
     small = "--data.num_val_samples=200, --data.num_test_samples=1000, --data.batch_size=64"
 
-    def sweep_into_a_pipe(name: str, *extra: str) -> str:
+    def sweep_into_a_pipe(name: str, grid: str, *extra: str) -> str:
         command = [str(Path(sys.executable).parent / "binclf-sweep"), f"--base_config={default_config}"]
-        command += ['--grid={"data.scale": [0.3, 1.0]}', "--seeds=[0]", "--steps=20", "--workers=1"]
-        command += [f"--root={tmp_path}", f"--name={name}", *extra]
+        command += [f"--grid={grid}", f"--root={tmp_path}", f"--name={name}", *extra]
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
         assert result.returncode == 0, result.stderr[-2000:]
         assert "\r" not in result.stdout  # no progress bar redrawn into the file
         return result.stdout
 
-    names = "scale=0.3,seed=0, scale=1,seed=0"
-    run_line = r"run (scale=0\.3,seed=0|scale=1,seed=0): ok, acc \d+\.\d\d %, \d+\.\d s"
+    rates = '{"model.optimizer.lr": [0.1, 0.3]}'
+    stacked = sweep_into_a_pipe(
+        "stacked",
+        rates,
+        "--seeds=[0, 1]",
+        "--epochs=3",
+        "--workers=2",
+        f"--args=[{small}, --data.num_samples=200]",
+    )
+    lines = stacked.splitlines()
+    stacks = [line for line in lines if line.startswith(("stack of", "solo"))]
+    assert len(stacks) == 2, stacked
+    assert all(line.startswith("stack of 2 runs") for line in stacks), stacked
+    assert all(
+        "they differ only in data settings, seeds and optimizer settings, so they train together" in line
+        for line in stacks
+    )
+    run_line = r"run lr=0\.[13],seed=[01]: ok, acc \d+\.\d\d %, \d+\.\d s for its stack of 2"
+    finished = [line for line in lines if line.startswith("run ")]
+    assert len(finished) == 4, stacked
+    assert all(re.fullmatch(run_line, line) for line in finished), finished
+    assert (tmp_path / "stacked" / "runs" / "lr=0.1,seed=0" / "stack.log").is_file()
+
+    scales, names = '{"data.scale": [0.3, 1.0]}', "scale=0.3,seed=0, scale=1,seed=0"
+    scheduler = "--model.lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau"
     outputs = {
-        "stacked": sweep_into_a_pipe("stacked", f"--args=[{small}]"),
-        "solo": sweep_into_a_pipe("solo", f"--args=[{small}]", "--mode=solo"),
+        "solo": sweep_into_a_pipe("solo", scales, "--steps=20", f"--args=[{small}]", "--mode=solo"),
         "scheduled": sweep_into_a_pipe(
-            "scheduled", f"--args=[{small}, --model.lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau]"
+            "scheduled", scales, "--steps=20", "--workers=1", f"--args=[{small}, {scheduler}]"
         ),
+        "split": sweep_into_a_pipe("split", scales, "--steps=20", "--workers=2", f"--args=[{small}]"),
     }
     groups = {
-        "stacked": [
-            f"stack of 2 runs ({names}): they differ only in data settings and seeds, so they train together"
-        ],
         "solo": ["solo (scale=0.3,seed=0): --mode solo", "solo (scale=1,seed=0): --mode solo"],
         "scheduled": [
             f"solo, 2 runs one after the other ({names}): "
             "its learning-rate scheduler follows its own validation loss (ReduceLROnPlateau)"
         ],
+        "split": [
+            f"solo ({run}): its stack of 2 runs was split over workers that would otherwise sit idle"
+            for run in ("scale=0.3,seed=0", "scale=1,seed=0")
+        ],
     }
+    run_line = r"run (scale=0\.3,seed=0|scale=1,seed=0): ok, acc \d+\.\d\d %, \d+\.\d s"
     for name, out in outputs.items():
         lines = out.splitlines()
         assert sorted(line for line in lines if line.startswith(("stack of", "solo"))) == sorted(groups[name])
@@ -568,7 +596,6 @@ def test_a_sweep_into_a_file_says_a_line_per_group_and_per_run(tmp_path, default
             log = (tmp_path / name / "runs" / run / "output.log").read_text()
             assert "Test summary" in log
             assert "Best checkpoint:" in log
-    assert (tmp_path / "stacked" / "runs" / "scale=0.3,seed=0" / "stack.log").is_file()
 
 
 def test_binclf_help_names_the_sweep_and_neither_imports_lightning():
@@ -599,3 +626,30 @@ def test_a_sweep_runs_config_works_again_with_c(tmp_path, monkeypatch, capsys):
     again = run_command(["fit", "-c", str(saved)])
     assert Path(again.trainer.log_dir) == run.directory.parent / "version_0"
     assert again.datamodule.gaussians.scale_a == 0.5
+
+
+@pytest.mark.slow
+def test_a_table_study_reports_what_a_table_has_and_no_bayes_rule(tmp_path):
+    """A learning-rate study on the example table, through a real ``binclf-sweep``: accuracy alone (no
+    Bayes rule row, panel or llr table), and the data figure by the table's own column and class names."""
+    configs = DEFAULT_CONFIG.parent
+    command = [
+        str(Path(sys.executable).parent / "binclf-sweep"),
+        f"--base_config={configs / 'tabular_example.yaml'}",
+    ]
+    command += ['--grid={"model.optimizer.lr": [0.01, 0.03]}', "--seeds=[0, 1]", "--steps=20", "--name=table"]
+    command += [f"--args=[--data.path={configs / 'examples' / 'emails.csv'}]", f"--root={tmp_path}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    study = tmp_path / "table"
+    tables = (study / "results.md").read_text()
+    assert "Test accuracy (%)" in tables
+    assert "Bayes" not in tables
+    assert "log-likelihood ratio" not in tables
+    assert {path.name for path in study.glob("*.png")} == {"accuracy.png", "data_grid.png"}
+    rows = {row["run"]: row for row in csv.DictReader((study / "results.csv").open())}
+    assert not [column for column in next(iter(rows.values())) if "bayes" in column]
+    for run in rows:
+        histogram = json.loads((study / "runs" / run / "result.json").read_text())["histogram"]
+        assert histogram["classes"] == ["ham", "spam"]
+        assert histogram["axis"] == "links (first feature)"

@@ -220,7 +220,9 @@ class TabularDataModule(InMemoryDataModule):
     defaults to every column but the label (and ``id_column``).
 
     Without ``test_path`` the file is split into train / validation / test, stratified by label, with
-    ``val_fraction`` and ``test_fraction`` of each class and the given ``seed``. Features are standardised
+    ``val_fraction`` and ``test_fraction`` of each class, drawn with ``split_seed``; ``seed`` shuffles the
+    training batches. The split has a seed of its own, fixed by default, so that a study's seeds measure
+    training noise, not which rows happened to be tested. Features are standardised
     with the training split's mean and standard deviation. The label names, feature columns and those
     statistics are saved in every checkpoint; ``test`` and ``predict`` restore them before they build any
     split, so a model is always evaluated with the mapping and statistics it was trained with.
@@ -245,8 +247,11 @@ class TabularDataModule(InMemoryDataModule):
         batch_size: int = 64,
         eval_batch_size: int = 4096,
         seed: int = 0,
+        split_seed: int = 0,
     ) -> None:
         super().__init__(batch_size, eval_batch_size, seed)
+        if not 0 <= split_seed < 2**32:
+            raise DataError(f"split_seed must be a whole number from 0 to 2**32 - 1, got {split_seed}")
         if not 0 < val_fraction < 1:
             raise DataError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
         if test_path is None and not (0 < test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -266,6 +271,7 @@ class TabularDataModule(InMemoryDataModule):
         self.predict_path = Path(predict_path) if predict_path else None
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
+        self.split_seed = split_seed
 
         # Read and check the training file now, so that bad data stops the command before a run starts,
         # and so that input_dim is known when the CLI builds the network. Labels stay text until setup():
@@ -324,7 +330,7 @@ class TabularDataModule(InMemoryDataModule):
     def _split(self, values: list[str]) -> dict[str, np.ndarray]:
         """Stratified indices: every split gets its fraction of each label value, and at least one row of it.
         The split depends on the values, not on which of them is class 1."""
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(self.split_seed)
         parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
         for value in values:
             rows = rng.permutation(np.flatnonzero(self._labels == value))

@@ -108,11 +108,11 @@ def execute_stack(runs: list[Run]) -> list[dict[str, Any]]:
         outcomes = [failure] * len(runs)
     if outcomes is None:
         return [execute(run, trained=f"solo: {why_solo}") for run in runs]
-    seconds = round((time.perf_counter() - start) / len(runs), 3)  # the stack's time, shared by its runs
+    seconds = round(time.perf_counter() - start, 3)  # the stack's: each of its runs took that long to end
     results = []
     for run, outcome in zip(runs, outcomes, strict=True):
         result = {"run": run.name, "seed": run.seed, **run.settings, "trained": "stacked", **outcome}
-        result |= {"wall_seconds": seconds, "args": run.args}
+        result |= {"wall_seconds": seconds, "stack_size": len(runs), "args": run.args}
         with contextlib.suppress(OSError):
             text = json.dumps(result, indent=1)
             atomic_write(run.directory / RESULT, lambda tmp, text=text: tmp.write_text(text))
@@ -130,7 +130,14 @@ def _train_and_test_stack(runs: list[Run]) -> tuple[list[dict[str, Any]] | None,
     """
     from binclf.cli import BinclfCLI
     from binclf.command import error_message
-    from binclf.study.stacked import finish_member, forward_problem, member_of, stackable, train_stack
+    from binclf.study.stacked import (
+        finish_member,
+        forward_problem,
+        member_of,
+        stack_budget,
+        stackable,
+        train_stack,
+    )
 
     template, members, outcomes = None, {}, {}
     for run in runs:
@@ -160,12 +167,18 @@ def _train_and_test_stack(runs: list[Run]) -> tuple[list[dict[str, Any]] | None,
     if members:
         trainer = template.config.trainer  # the solo runs' trainer settings
         accelerator = trainer.accelerator
+        batch_size = next(iter(members.values())).datamodule.batch_size
+        budget = stack_budget(list(members.values()), trainer, batch_size)
+        if isinstance(budget, str):
+            print(f"these runs train solo: {budget}")
+            return None, budget
+        steps, val_every = budget
         train_stack(
             list(members.values()),
-            steps=trainer.max_steps,
-            val_every=trainer.val_check_interval,
+            steps=steps,
+            val_every=val_every,
             log_every=trainer.log_every_n_steps or 50,  # Lightning's default where none is set
-            batch_size=next(iter(members.values())).datamodule.batch_size,
+            batch_size=batch_size,
             accelerator=accelerator,
         )
     for name, member in members.items():
@@ -260,7 +273,15 @@ def training_histogram(datamodule: Any, bins: int = 50) -> dict[str, list[float]
     counts = {
         name: np.histogram(coordinate[labels == label], edges)[0] for name, label in (("a", 0), ("b", 1))
     }
-    return {"edges": edges.tolist(), "a": counts["a"].tolist(), "b": counts["b"].tolist()}
+    # The classes by the names the data gives them; unnamed (0 and 1), they are the article's a and b.
+    names = [str(name) for name in datamodule.label_names]
+    return {
+        "edges": edges.tolist(),
+        "a": counts["a"].tolist(),
+        "b": counts["b"].tolist(),
+        "classes": ["a", "b"] if names == ["0", "1"] else names,
+        "axis": datamodule.projection_label,
+    }
 
 
 def worker_start(sweep: int) -> None:

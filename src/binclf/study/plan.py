@@ -158,25 +158,45 @@ def run_args(run: Run) -> list[str]:
     return run.args[1:]
 
 
-def tasks(runs: list[Run], workers: int, mode: str) -> list[list[Run]]:
-    """What the workers are given: with ``mode="stacked"``, the runs that share every setting but their data
-    settings and seeds, as stacks split evenly over the workers; with ``"solo"``, one run each.
+# A stack's members may differ in these, and in data settings other than those that decide a network's shape
+# or a batch's size: each member keeps its own data, seed and optimizer (binclf.study.stacked).
+_SHAPING_DATA = ("data.dim", "data.batch_size")
+_OWN_OPTIMIZER = ("model.optimizer.", "model.lr_scheduler.")
+STACKABLE = "data settings, seeds and optimizer settings"  # what the runs of a stack may differ in
 
-    The data settings that decide a network's shape or a batch's size (``data.dim``, ``data.batch_size``)
-    stay in what the runs of a stack share.
-    """
+
+def stack_key(run: Run) -> tuple:
+    """What the runs of one stack share: every grid setting but their data settings, seeds and optimizer or
+    scheduler settings (their classes excepted). With an epoch budget, also the training size, so that their
+    epochs have one length."""
+    epoch_budget = not any(arg.startswith("--trainer.max_steps=") for arg in run.args)
+    shared = (*_SHAPING_DATA, "data.num_samples") if epoch_budget else _SHAPING_DATA
+    return tuple(
+        (key, value)
+        for key, value in run.settings.items()
+        if (not key.startswith("data.") or key in shared) and not key.startswith(_OWN_OPTIMIZER)
+    )
+
+
+def tasks(runs: list[Run], workers: int, mode: str) -> list[list[Run]]:
+    """What the workers are given: with ``mode="stacked"``, each group of runs that share a
+    :func:`stack_key` as one stack, and the largest halved only while a worker would otherwise sit idle.
+    A half that stacks costs no more time than the whole (a stack's cost per step is mostly shared), and
+    runs that turn out not to stack (a callback, a scheduler that follows the validation loss) then run
+    side by side instead of one after the other. With ``"solo"``, one run each."""
     if mode == "solo":
         return [[run] for run in runs]
-    shared = {"data.dim", "data.batch_size"}
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
-        key = tuple((k, v) for k, v in run.settings.items() if not k.startswith("data.") or k in shared)
-        groups.setdefault(key, []).append(run)
-    stacks = []
-    for group in groups.values():
-        parts = min(workers, len(group))
-        stacks += [group[i::parts] for i in range(parts)]  # round robin: stacks of equal size, mixed cells
-    return stacks
+        groups.setdefault(stack_key(run), []).append(run)
+    stacks = list(groups.values())
+    while len(stacks) < workers:
+        largest = max(stacks, key=len)
+        if len(largest) == 1:
+            break
+        stacks.remove(largest)
+        stacks += [largest[0::2], largest[1::2]]  # mixed cells in each half
+    return sorted(stacks, key=len, reverse=True)  # the longest first, so none starts last
 
 
 def _check_kinds(grid: Any, seeds: Any, extra_args: Any) -> None:
@@ -216,17 +236,13 @@ def read_result(run: Run) -> dict[str, Any] | None:
     try:
         if not path.is_file() or path.is_symlink() or path.stat().st_size > _LARGEST_RESULT:
             return None
-        recorded = json.loads(path.read_text(), parse_constant=_no_constant)
+        recorded = json.loads(path.read_text())  # NaN and Infinity too: _valid refuses them where used
     except (OSError, ValueError):
         return None
     return recorded if _valid(recorded, run) else None
 
 
 _LARGEST_RESULT = 1_000_000  # bytes: a result is a few kilobytes, a histogram included
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number")  # NaN and Infinity, which Python's json would take
 
 
 def _valid(recorded: Any, run: Run) -> bool:
@@ -243,11 +259,19 @@ def _valid(recorded: Any, run: Run) -> bool:
         return False
     if not isinstance(recorded.get("error", ""), str) or not isinstance(recorded.get("args", []), list):
         return False
+    stack_size = recorded.get("stack_size", 1)
+    if not (type(stack_size) is int and stack_size >= 1):
+        return False
     histogram = recorded.get("histogram")
     if histogram is None:
         return True
     edges = histogram.get("edges") if isinstance(histogram, dict) else None
     parts = [edges, histogram.get("a"), histogram.get("b")] if edges is not None else []
+    classes, axis = (histogram.get("classes", ["a", "b"]), histogram.get("axis", "")) if parts else ([], "")
+    if not (isinstance(classes, list) and len(classes) == 2 and all(isinstance(c, str) for c in classes)):
+        return False
+    if not isinstance(axis, str):
+        return False
     return (
         bool(parts)
         and all(isinstance(part, list) and all(_finite(v) for v in part) for part in parts)

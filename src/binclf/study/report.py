@@ -60,16 +60,21 @@ def accuracy_against_setting(
     same test points and its analytic value, each ``(x, accuracy)``; ``gaps`` has the same form, in
     percentage points. Lines that coincide on the accuracy scale part on the gap's; each line is also
     shifted a little sideways, so that none hides another. With ``categories``, x is the position of each
-    named setting (0, 1, ...).
+    named setting (0, 1, ...). Data without an oracle has no gaps: then accuracy alone is drawn.
     """
-    figure = Figure(figsize=(6.4, 6.6))
-    top = figure.add_axes((0.12, 0.42, 0.85, 0.52))
-    bottom = figure.add_axes((0.12, 0.08, 0.85, 0.26), sharex=top)
+    if gaps:
+        figure = Figure(figsize=(6.4, 6.6))
+        top = figure.add_axes((0.12, 0.42, 0.85, 0.52))
+        bottom = figure.add_axes((0.12, 0.08, 0.85, 0.26), sharex=top)
+        bottom.set_ylabel("Bayes rule − network (pp)")
+        bottom.axhline(0, color="black", linewidth=1)
+        top.tick_params(labelbottom=False)
+    else:
+        figure = Figure(figsize=(6.4, 4.8))
+        top = bottom = figure.add_axes((0.12, 0.12, 0.85, 0.8))
     top.set_title(title, fontsize=10)
     top.set_ylabel("test accuracy")
-    bottom.set_ylabel("Bayes rule − network (pp)")
     bottom.set_xlabel(xlabel)
-    bottom.axhline(0, color="black", linewidth=1)
 
     def shifted(x: np.ndarray, i: int) -> np.ndarray:
         offset = 0.04 * (i - (len(lines) - 1) / 2)
@@ -85,13 +90,12 @@ def accuracy_against_setting(
         top.plot(
             *bayes, color="black", linestyle="none", marker="x", label="Bayes rule on the same test points"
         )
-    for axes in (top, bottom):
+    for axes in {top, bottom}:
         axes.grid(alpha=0.3)
     if log_x:
         bottom.set_xscale("log")
     if categories is not None:
         bottom.set_xticks(range(len(categories)), categories)
-    top.tick_params(labelbottom=False)
     if top.get_legend_handles_labels()[0]:
         top.legend(fontsize=8)
     return figure
@@ -166,8 +170,8 @@ def markdown_table(
 
 
 def results_markdown(rows: list[dict[str, Any]], x_key: str, line_key: str | None) -> str:
-    """The study's tables, mean ± sd over seeds per cell: test accuracy beside the Bayes rule on the same
-    test points and, for data with an oracle, the logit's error as an llr and its efficiency."""
+    """The study's tables, mean ± sd over seeds per cell: test accuracy and, for data with an oracle, the
+    Bayes rule on the same test points, the logit's error as an llr and its efficiency."""
 
     def mean_sd(scale: float, digits: int) -> Callable[[list[float]], str]:
         def cell(values: list[float]) -> str:
@@ -177,7 +181,7 @@ def results_markdown(rows: list[dict[str, Any]], x_key: str, line_key: str | Non
 
         return cell
 
-    bayes = ("Bayes rule", "test/bayes_acc")
+    bayes = ("Bayes rule", "test/bayes_acc") if any("test/bayes_acc" in row for row in rows) else None
     sections = [
         "Test accuracy (%):\n\n" + markdown_table(rows, x_key, line_key, "test/acc", mean_sd(100, 2), bayes)
     ]
@@ -265,15 +269,18 @@ def data_grid(rows: list[dict[str, Any]], x_key: str, line_key: str | None) -> F
     xs = _ordered([x for _, x in cells])
     figure = Figure(figsize=(2.6 * len(xs), 2.0 * len(line_values) + 0.6), layout="constrained")
     grid = figure.subplots(len(line_values), len(xs), squeeze=False)
-    legend_drawn = False
+    legend_drawn, drawn_along = False, "the data"
     for (i, line_value), (j, x) in itertools.product(enumerate(line_values), enumerate(xs)):
         axes = grid[i][j]
         histogram = cells.get((line_value, x), {}).get("histogram")
         if histogram is None:
             axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
         else:
-            for name in ("a", "b"):
-                axes.stairs(histogram[name], histogram["edges"], fill=True, alpha=0.6, label=name)
+            # Names from someone's table: a "$" in one would start matplotlib's mathtext.
+            drawn_along = histogram.get("axis", drawn_along).replace("$", r"\$")
+            for key, name in zip(("a", "b"), histogram.get("classes", ["a", "b"]), strict=True):
+                label = name.replace("$", r"\$")
+                axes.stairs(histogram[key], histogram["edges"], fill=True, alpha=0.6, label=label)
             if not legend_drawn:
                 axes.legend(fontsize=7)
                 legend_drawn = True
@@ -282,7 +289,7 @@ def data_grid(rows: list[dict[str, Any]], x_key: str, line_key: str | None) -> F
         )
         axes.set_title(title, fontsize=8)
         axes.tick_params(labelsize=7)
-    figure.suptitle(f"Training data of each cell (seed {seed}): classes a and b")
+    figure.suptitle(f"Training data of each cell (seed {seed}): {drawn_along}, by class")
     return figure
 
 
@@ -292,16 +299,15 @@ def report(
     x_key: str,
     line_key: str | None,
 ) -> None:
-    """Write ``accuracy.png``, ``data_grid.png``, ``llr_efficiency.png`` (where runs logged an efficiency
-    and the x setting is a positive number) and ``results.md`` into ``sweep_dir``, and the figures to
-    TensorBoard under ``sweep_dir/summary``."""
+    """Write ``accuracy.png``, ``data_grid.png`` (where runs recorded their training data's histogram),
+    ``llr_efficiency.png`` (where runs logged an efficiency and the x setting is a positive number) and
+    ``results.md`` into ``sweep_dir``, and the figures to TensorBoard under ``sweep_dir/summary``."""
     from torch.utils.tensorboard import SummaryWriter
 
     seeds = len({row["seed"] for row in rows})
-    figures = {
-        "accuracy": accuracy_figure(rows, x_key, line_key, seeds),
-        "data_grid": data_grid(rows, x_key, line_key),
-    }
+    figures = {"accuracy": accuracy_figure(rows, x_key, line_key, seeds)}
+    if any(row.get("histogram") for row in rows):  # data a histogram shows: one feature, or a projection
+        figures["data_grid"] = data_grid(rows, x_key, line_key)
     numeric = all(isinstance(row[x_key], (int, float)) and row[x_key] > 0 for row in rows)
     if numeric and any("test/llr_efficiency" in row for row in rows):
         figures["llr_efficiency"] = efficiency_figure(rows, x_key, line_key, seeds)

@@ -1,5 +1,6 @@
-"""Many small classifiers trained at once: the study's runs that differ only in their data and seeds, as one
-stack of the template's own ``BinaryClassifier``s that take every optimizer step together.
+"""Many small classifiers trained at once: the study's runs that differ only in their data, seeds and
+optimizer settings, as one stack of the template's own ``BinaryClassifier``s that take every optimizer step
+together.
 
 A 4 K-parameter network is too small to keep a core busy, and Lightning's machinery costs as much per step
 as its arithmetic. Stacked, each parameter of the K members' networks is one tensor with the members along
@@ -19,9 +20,12 @@ keeps each member as its solo run would be:
 - its loss: the mean over its own rows. The stack's loss is the *sum* of the members' losses, so each
   member's gradient is that of its own loss alone, and an element-wise optimizer (SGD with or without
   momentum, Adam, AdamW) updates each member as it would alone;
+- its optimizer settings: members with the same optimizer and scheduler settings step one optimizer, built
+  by their module; members with other settings step one of their own. Their weights are joined for the
+  forward pass, so one ``vmap`` still runs every member;
 - its learning-rate schedule: the scheduler steps at the end of each of the member's epochs, as Lightning
-  steps the module's scheduler. Members whose epochs have one length share an optimizer and a scheduler;
-  members with other epoch lengths get their own;
+  steps the module's scheduler, so members with a scheduler share one only with members whose epochs have
+  the same length;
 - its validation, on its own validation split and schedule: its calibration is fitted there, and it keeps
   the weights of its lowest validation loss, as ``ModelCheckpoint(mode="min")`` would;
 - its test, of those weights, through ``BinaryClassifier``'s test step, and its outputs: ``result.json``,
@@ -33,6 +37,7 @@ keeps each member as its solo run would be:
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -183,8 +188,8 @@ def _stacked_split(members: list[Member], name: str) -> tuple[Tensor, Tensor, Te
 
 
 class MemberGroup(nn.Module):
-    """Members that step one optimizer (and scheduler) together: each parameter and buffer of their networks
-    as one tensor, members along dimension 0, and their forward and per-sample loss as one ``vmap``."""
+    """Members that step one optimizer (and scheduler) together, built by their first member's module: each
+    parameter and buffer of their networks as one tensor, members along dimension 0."""
 
     def __init__(self, members: list[Member], rows: slice) -> None:
         super().__init__()
@@ -198,19 +203,8 @@ class MemberGroup(nn.Module):
         for index, name in enumerate(self.buffer_names):
             self.register_buffer(f"buffer_{index}", buffers[name])
 
-    def _member(
-        self, parameters: dict[str, Tensor], buffers: dict[str, Tensor], features: Tensor, targets: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """One member's logits and per-sample losses: its module's network and loss, with its weights."""
-        model = self.model[0]
-        logits = functional_call(model.network, (parameters, buffers), (features,))
-        return logits, model.sample_losses(logits, targets)
-
-    def forward(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits and per-sample losses ``[K, n, 1]`` of features ``[K, n, d]`` and targets ``[K, n, 1]``."""
-        parameters = dict(zip(self.parameter_names, self.stacked, strict=True))
-        buffers = {name: getattr(self, f"buffer_{i}") for i, name in enumerate(self.buffer_names)}
-        return vmap(self._member)(parameters, buffers, features, targets)
+    def stacked_buffers(self) -> list[Tensor]:
+        return [getattr(self, f"buffer_{i}") for i in range(len(self.buffer_names))]
 
     def member_weights(self, index: int) -> dict[str, Tensor]:
         """Member ``index``'s network state under its own network's names."""
@@ -218,7 +212,15 @@ class MemberGroup(nn.Module):
             name: weight[index].detach()
             for name, weight in zip(self.parameter_names, self.stacked, strict=True)
         }
-        return state | {name: getattr(self, f"buffer_{i}")[index] for i, name in enumerate(self.buffer_names)}
+        buffers = zip(self.buffer_names, self.stacked_buffers(), strict=True)
+        return state | {name: buffer[index] for name, buffer in buffers}
+
+
+def training_settings(model: BinaryClassifier) -> str:
+    """A member's optimizer and scheduler, class and settings, as its hyperparameters record them: members
+    with the same step one optimizer together."""
+    chosen = {key: model.hparams.get(key) for key in ("optimizer", "lr_scheduler")}
+    return json.dumps(chosen, sort_keys=True, default=repr)
 
 
 class StackedClassifier(LightningModule):
@@ -232,15 +234,17 @@ class StackedClassifier(LightningModule):
         self, members: list[Member], val_every: int, log_every: int, batch_size: int, steps: int
     ) -> None:
         super().__init__()
-        # An optimizer and scheduler per group of members, stepped here: a scheduler follows its members'
-        # epochs, which Lightning's loop, seeing one long epoch of the stack, does not know.
+        # An optimizer and scheduler per group of members with the same settings, stepped here: a scheduler
+        # follows its members' epochs, which Lightning's loop, seeing one long epoch of the stack, does not
+        # know; so members with a scheduler group by epoch length too.
         self.automatic_optimization = False
-        scheduled = members[0].model.lr_scheduler is not None
-        lengths = sorted({member.steps_per_epoch for member in members}) if scheduled else [None]
+        by_settings: dict[tuple[int | None, str], list[Member]] = {}
+        for member in members:
+            length = member.steps_per_epoch if member.model.lr_scheduler is not None else None
+            by_settings.setdefault((length, training_settings(member.model)), []).append(member)
         self.members: list[Member] = []
         groups = []
-        for length in lengths:
-            group = [m for m in members if length is None or m.steps_per_epoch == length]
+        for group in by_settings.values():
             groups.append(MemberGroup(group, slice(len(self.members), len(self.members) + len(group))))
             self.members += group
         self.groups = nn.ModuleList(groups)
@@ -256,11 +260,28 @@ class StackedClassifier(LightningModule):
             self.members_by_epoch_length.setdefault(member.steps_per_epoch, []).append(k)
 
     def member_outputs(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """Every member's logits and per-sample losses, ``[K, n, 1]``, in the stack's order."""
+        """Every member's logits and per-sample losses, ``[K, n, 1]``, of features ``[K, n, d]`` and targets
+        ``[K, n, 1]``, in the stack's order: one ``vmap`` over all groups' weights, joined along the members'
+        dimension, so that each group's gradient reaches its own tensors."""
+        first = self.groups[0]
         if len(self.groups) == 1:
-            return self.groups[0](features, targets)
-        outputs = [group(features[group.rows], targets[group.rows]) for group in self.groups]
-        return torch.cat([logits for logits, _ in outputs]), torch.cat([losses for _, losses in outputs])
+            weights, buffers = list(first.stacked), first.stacked_buffers()
+        else:
+            stacked_weights = (group.stacked for group in self.groups)
+            weights = [torch.cat(each) for each in zip(*stacked_weights, strict=True)]
+            stacked_buffers = (group.stacked_buffers() for group in self.groups)
+            buffers = [torch.cat(each) for each in zip(*stacked_buffers, strict=True)]
+        parameters = dict(zip(first.parameter_names, weights, strict=True))
+        buffers_by_name = dict(zip(first.buffer_names, buffers, strict=True))
+        return vmap(self._member)(parameters, buffers_by_name, features, targets)
+
+    def _member(
+        self, parameters: dict[str, Tensor], buffers: dict[str, Tensor], features: Tensor, targets: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """One member's logits and per-sample losses: its module's network and loss, with its weights."""
+        model = self.members[0].model  # the members share their module's class and network
+        logits = functional_call(model.network, (parameters, buffers), (features,))
+        return logits, model.sample_losses(logits, targets)
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         features, targets, mask = batch
@@ -368,12 +389,13 @@ class StackedClassifier(LightningModule):
         return StackedBatches(self.members, self.batch_size, self.steps, self.device)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        model = self.members[0].model  # the members share their optimizer and scheduler settings
-        optimizers = [model.optimizer(group.parameters()) for group in self.groups]
-        self.schedulers = [
-            model.lr_scheduler(optimizer) if model.lr_scheduler is not None else None
-            for optimizer in optimizers
-        ]
+        """Each group's optimizer and scheduler, built by its members' module from their own settings."""
+        optimizers, self.schedulers = [], []
+        for group in self.groups:
+            model = group.model[0]
+            optimizers.append(model.optimizer(group.parameters()))
+            scheduled = model.lr_scheduler is not None
+            self.schedulers.append(model.lr_scheduler(optimizers[-1]) if scheduled else None)
         return optimizers
 
 
@@ -390,6 +412,26 @@ class TrainedTo(Callback):
         checkpoint["epoch"], checkpoint["global_step"] = self.epoch, self.step
 
 
+def epoch_length(member: Member, batch_size: int) -> int:
+    """The optimizer steps of one of the member's epochs: its training batches, the last one short."""
+    member.datamodule.setup("fit")
+    return len(EpochBatchSampler(len(member.datamodule.train_set.features), batch_size, shuffle=True))
+
+
+def stack_budget(members: list[Member], trainer: Any, batch_size: int) -> tuple[int, int] | str:
+    """The stack's optimizer steps and its steps between validations, from the solo runs' ``trainer``
+    settings; or why the members cannot share them (epochs of different lengths)."""
+    if trainer.max_steps not in (None, -1):
+        return trainer.max_steps, trainer.val_check_interval
+    lengths = sorted({epoch_length(member, batch_size) for member in members})
+    if len(lengths) > 1:
+        return (
+            f"its budget is in epochs, and their epochs differ in length ({lengths[0]} to {lengths[-1]} "
+            "steps): give the sweep --steps to stack them"
+        )
+    return trainer.max_epochs * lengths[0], (trainer.check_val_every_n_epoch or 1) * lengths[0]
+
+
 def train_stack(
     members: list[Member],
     *,
@@ -402,9 +444,7 @@ def train_stack(
     """Fit the stack for ``steps`` optimizer steps; each member ends with its best weights and history, and
     the returned module holds the weights after the last step."""
     for member in members:
-        member.datamodule.setup("fit")
-        sampler = EpochBatchSampler(len(member.datamodule.train_set.features), batch_size, shuffle=True)
-        member.steps_per_epoch = len(sampler)
+        member.steps_per_epoch = epoch_length(member, batch_size)
     module = StackedClassifier(members, val_every, log_every, batch_size, steps)
     trainer = Trainer(
         max_epochs=1,  # the stack's one pass over its ``steps`` batches; each member counts its own epochs
@@ -478,8 +518,14 @@ def stackable(config: Any, built: Any) -> str | None:
         return f"its best checkpoint is chosen by another metric than {MONITOR}'s minimum"
     if trainer.get("callbacks"):
         return "callbacks of its own in trainer.callbacks would see the stack, not the run"
-    if trainer.get("max_steps") in (None, -1) or not isinstance(trainer.get("val_check_interval"), int):
-        return "its budget is in epochs, whose length differs between training sizes"
+    interval = trainer.get("val_check_interval")
+    if trainer.get("max_steps") not in (None, -1):
+        if not isinstance(interval, int):
+            return "with a budget in steps, it validates at a fraction of an epoch, not every N steps"
+    elif not isinstance(trainer.get("max_epochs"), int) or trainer.get("max_epochs") < 1:
+        return "its budget is neither a number of steps nor a number of epochs"
+    elif not (interval is None or (isinstance(interval, float) and interval == 1.0)):
+        return "with a budget in epochs, it validates within an epoch (trainer.val_check_interval)"
     settings = {
         "strategy": ("auto",),
         "devices": ("auto", 1, "1"),

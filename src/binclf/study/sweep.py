@@ -5,7 +5,8 @@ exactly what ``binclf fit`` would. Results land in one sweep folder:
 
     <root>/<name>/runs/<run>/        one run: TensorBoard events, checkpoints, figures, output.log,
                                      result.json
-    <root>/<name>/results.csv        one row per run: settings, seed, status, test metrics, wall time, error
+    <root>/<name>/results.csv        one row per run: settings, seed, status, test metrics, wall time,
+                                     stack size, error
     <root>/<name>/*.png, summary/    the study's figures, as PNG and in TensorBoard
 
 A run counts as done once its ``result.json`` says ``ok`` for the same arguments; running the same sweep
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 from argparse import ArgumentError
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -37,10 +39,10 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from binclf.command import EXIT_STATUS, Terminated, check_config_files, error_message, raise_on_sigterm
 from binclf.paths import inside, regular_file
 from binclf.study.execute import lost, run_task, worker_start
-from binclf.study.plan import Run, finished, plan, read_result, tasks
+from binclf.study.plan import STACKABLE, Run, finished, plan, read_result, stack_key, tasks
 
 _FIRST_COLUMNS = ["run", "seed", "status"]
-_LAST_COLUMNS = ["wall_seconds", "error"]
+_LAST_COLUMNS = ["wall_seconds", "stack_size", "error"]  # a stacked run's time is its stack's
 
 
 class StopOnce:
@@ -150,9 +152,13 @@ class Progress:
     it is and why, then a line per run. At a terminal a progress bar runs below them; into a file or a pipe
     the lines come alone, with no carriage returns. Keeps this session's results by run name."""
 
-    def __init__(self, total: int, mode: str) -> None:
+    def __init__(self, runs: list[Run], mode: str) -> None:
         self.results: dict[str, dict[str, Any]] = {}
         self.mode = mode
+        # How many runs could share each run's stack: a run alone on its worker had partners, or had none.
+        keys = Counter(stack_key(run) for run in runs)
+        self.could_stack_with = {run.name: keys[stack_key(run)] - 1 for run in runs}
+        total = len(runs)
         self.bar = None
         if sys.stdout.isatty():
             from tqdm import tqdm
@@ -166,7 +172,8 @@ class Progress:
             print(line, flush=True)
 
     def record(self, task_results: list[dict[str, Any]]) -> None:
-        self.say(group_line(task_results, self.mode))
+        partners = self.could_stack_with.get(task_results[0]["run"], 0)
+        self.say(group_line(task_results, self.mode, partners))
         for result in task_results:
             self.results[result["run"]] = result
             self.say(run_line(result))
@@ -179,21 +186,23 @@ class Progress:
             self.bar.close()
 
 
-def group_line(results: list[dict[str, Any]], mode: str) -> str:
-    """Whether a task's runs trained as a stack or solo, and why."""
+def group_line(results: list[dict[str, Any]], mode: str, partners: int = 0) -> str:
+    """Whether a task's runs trained as a stack or solo, and why; ``partners``: how many other runs of this
+    sweep could have shared a lone run's stack."""
     names = ", ".join(result["run"] for result in results)
     trained = results[0].get("trained", "lost")
     if trained == "stacked":
-        why = "they differ only in data settings and seeds, so they train together"
+        why = f"they differ only in {STACKABLE}, so they train together"
         return f"stack of {len(results)} runs ({names}): {why}"
     if trained.startswith("solo: "):
         return f"solo, {len(results)} runs one after the other ({names}): {trained.removeprefix('solo: ')}"
     if trained == "solo":
-        why = (
-            "--mode solo"
-            if mode == "solo"
-            else "no other run that differs only in data and seed shares its worker"
-        )
+        if mode == "solo":
+            why = "--mode solo"
+        elif partners:
+            why = f"its stack of {partners + 1} runs was split over workers that would otherwise sit idle"
+        else:
+            why = f"no other run differs from it only in {STACKABLE}"
         return f"solo ({names}): {why}"
     return f"{trained} ({names})"
 
@@ -204,8 +213,10 @@ def run_line(result: dict[str, Any]) -> str:
         line = f"run {result['run']}: ok, acc {100 * result['test/acc']:.2f} %"
     else:
         line = f"run {result['run']}: {result['status']}, {result.get('error') or 'no test metrics'}"
-    seconds = result.get("wall_seconds")
-    return f"{line}, {seconds:.1f} s" if isinstance(seconds, (int, float)) else line
+    seconds, stack_size = result.get("wall_seconds"), result.get("stack_size")
+    if not isinstance(seconds, (int, float)):
+        return line
+    return f"{line}, {seconds:.1f} s" + (f" for its stack of {stack_size}" if stack_size else "")
 
 
 def run_sweep(
@@ -220,7 +231,7 @@ def run_sweep(
     print(f"{len(runs)} runs, {skipped} already finished, {len(todo)} to run on {where}")
     if not todo:
         return {}
-    progress = Progress(len(todo), mode)
+    progress = Progress(todo, mode)
     try:
         if ray is not None:
             from binclf.study.ray_executor import run_on_ray
@@ -290,7 +301,7 @@ def parser() -> ArgumentParser:
         "--mode",
         type=Literal["stacked", "solo"],
         default="stacked",
-        help="stacked: runs that differ only in data settings and seeds train together, a stack per worker; "
+        help=f"stacked: runs that differ only in {STACKABLE} train together, a stack per worker; "
         "solo: each run is a binclf fit of its own",
     )
     parser.add_argument(
