@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev train test test-fast fuzz lint bench figures sweep sweep-ratio tensorboard clean
+.PHONY: install install-dev train test test-fast fuzz mutate lint bench figures sweep sweep-ratio tensorboard clean
 
 install: $(STAMP)
 install-dev: $(DEV_STAMP)
@@ -45,8 +45,13 @@ test-fast: lint
 # is shown (tests/hostile.py).
 fuzz: install-dev
 	rm -f .fuzz-findings.jsonl
-	BINCLF_FUZZ=.fuzz-findings.jsonl $(BIN)/pytest tests/test_hostile.py -p no:cacheprovider -q --no-header $(FUZZ_ARGS)
+	BINCLF_FUZZ=.fuzz-findings.jsonl $(BIN)/pytest tests/test_hostile.py tests/study/test_sweep_hostile.py -p no:cacheprovider -q --no-header $(FUZZ_ARGS)
 	$(BIN)/python tests/hostile.py .fuzz-findings.jsonl
+
+# Plausible bugs put into a copy of the source one at a time, each against the tests that should catch it;
+# prints each mutant killed or survived, and the score (tests/mutate.py).
+mutate: install-dev
+	$(BIN)/python tests/mutate.py $(MUTANTS)
 
 # Speed and memory against the bare PyTorch loop, printed as tables; each script says what it measures.
 bench: install-dev

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,13 @@ from helpers import DEFAULT_CONFIG, SMALL
 
 from binclf.cli import BinclfCLI, run_command
 from binclf.main import prepare_process
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests that press Ctrl-C stand for a user at a terminal. A shell starts a background job (``make
+    test &``) with SIGINT ignored, which the sweep rightly leaves ignored; here it is Python's default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

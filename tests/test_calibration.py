@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import DEFAULT_CONFIG, SMALL
+from torchmetrics.classification import BinaryCalibrationError
 
 from binclf.calibration import fit_calibration
 from binclf.cli import run_command
+from binclf.module import CALIBRATION_BINS
 
 
 def labels_drawn_from(true_logits: torch.Tensor, seed: int) -> torch.Tensor:
@@ -53,6 +55,16 @@ def test_perfectly_separated_data_gives_a_finite_scale():
     assert 1 < scale < 20
 
 
+def test_platt_targets_follow_each_class_count_on_imbalanced_data():
+    """90 points of class 1 at logit +1 and 10 of class 0 at −1: with two logit values, an affine fit reaches
+    Platt's targets exactly, (90 + 1) / (90 + 2) for class 1 and 1 / (10 + 2) for class 0."""
+    logits = torch.cat([torch.ones(90), -torch.ones(10)])
+    targets = torch.cat([torch.ones(90), torch.zeros(10)])
+    scale, shift = fit_calibration(logits, targets, "affine")
+    assert torch.sigmoid(torch.tensor(scale + shift)).item() == pytest.approx(91 / 92, abs=1e-5)
+    assert torch.sigmoid(torch.tensor(-scale + shift)).item() == pytest.approx(1 / 12, abs=1e-5)
+
+
 def test_none_is_the_identity():
     assert fit_calibration(torch.randn(10), torch.ones(10), "none") == (1.0, 0.0)
 
@@ -79,6 +91,17 @@ def test_calibration_round_trips_through_a_checkpoint(binclf, tmp_path, capsys):
         assert f"{key}_raw" in metrics
     assert f"affine, fitted on the validation split: {scale.item():.4g} · logit {shift.item():+.4g}" in out
     assert f"(raw {100 * float(metrics['test/acc_raw']):.3f} %)" in out
+    # test/ece is the calibrated probabilities' calibration error, test/ece_raw the network's own
+    features, targets = test.datamodule.test_set
+    with torch.no_grad():
+        raw_test = test.model.network(test.datamodule.transform(features))
+    for key, probabilities in [
+        ("test/ece", torch.sigmoid(scale * raw_test + shift)),
+        ("test/ece_raw", torch.sigmoid(raw_test)),
+    ]:
+        expected = BinaryCalibrationError(n_bins=CALIBRATION_BINS)(probabilities, targets)
+        assert float(metrics[key]) == pytest.approx(float(expected), abs=1e-6), key
+    assert float(metrics["test/ece"]) != pytest.approx(float(metrics["test/ece_raw"]), abs=1e-4)
 
     predict = binclf("predict")
     with open(Path(predict.trainer.log_dir) / "predictions.csv", newline="") as file:

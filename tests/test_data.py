@@ -228,6 +228,17 @@ def test_standardize_shows_the_network_centred_unit_features_and_keeps_the_oracl
     assert boundary.item() == pytest.approx(1.5, abs=0.05)
 
 
+def test_every_standardisation_but_the_identity_is_applied():
+    """Only centre 0 with spread 1 leaves the features as drawn: a centre of exactly 0 with another spread
+    still scales them."""
+    datamodule = make()
+    features = torch.tensor([[3.0], [-1.0]])
+    for centre, spread in [(0.0, 2.0), (1.0, 1.0), (0.5, 4.0), (0.0, 1.0)]:
+        state = {"input_centre": [centre], "input_spread": [spread], "trained_num_samples": 1000}
+        datamodule.load_state_dict(state)
+        assert torch.equal(datamodule.transform(features), (features - centre) / spread), (centre, spread)
+
+
 def test_a_checkpoint_brings_its_standardisation_and_training_size_to_test(binclf):
     """Tested with a config that says neither, a network trained on standardised inputs is still shown
     standardised inputs, and its llr floor is that of the size it was trained on."""

@@ -185,6 +185,14 @@ def test_a_grid_larger_than_max_runs_is_refused_before_a_run_is_built(arguments,
     assert peak < 100e6
 
 
+def test_a_grid_of_exactly_max_runs_is_planned():
+    grid = {"data.scale": [0.1, 0.2, 0.3]}
+    runs = plan(str(DEFAULT_CONFIG), grid, [0, 1], [], Path("sweep"), 1, None, max_runs=6)
+    assert len(runs) == 6
+    with pytest.raises(ValueError, match="the grid and seeds make 6 runs, more than max_runs=5"):
+        plan(str(DEFAULT_CONFIG), grid, [0, 1], [], Path("sweep"), 1, None, max_runs=5)
+
+
 @pytest.mark.parametrize("seed", [-1, 2**32, 2**64])
 def test_a_seed_numpy_cannot_take_is_refused_before_any_run(seed, in_work):
     line = refusal([f"--base_config={DEFAULT_CONFIG}", *ONE_CELL, f"--seeds=[0, {seed}]"])
