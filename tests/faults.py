@@ -94,6 +94,24 @@ class CountingProfiler(NullProfiler):
         return super().profile(action_name)
 
 
+class HeldAtBatch(TwoGaussianDataModule):
+    """The article's data, whose process is held as it transforms its ``batch``-th batch (counting from 1,
+    every split alike), having written ``folder/held``, until ``folder/go`` exists: a stack stopped at a
+    known step. Each member of a stack has its own data module and count."""
+
+    def __init__(self, folder: str, batch: int, **settings) -> None:
+        super().__init__(**settings)
+        self.folder, self.batch, self.seen = Path(folder), batch, 0
+
+    def transform(self, features: torch.Tensor) -> torch.Tensor:
+        self.seen += 1
+        if self.seen == self.batch:
+            (self.folder / "held").touch()
+        while self.seen == self.batch and not (self.folder / "go").exists():
+            time.sleep(0.05)  # waits on a file the test creates, not on a clock
+        return super().transform(features)
+
+
 class HoldAtTrainStart(Callback):
     """As training starts, writes ``started@<run>@<pid>@<ray node id>`` into ``folder`` (holding the number
     of its network namespace) and, unless the run

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import DEFAULT_CONFIG, SMALL, heavy_imports, result_of
 
 from binclf.cli import run_command
@@ -22,6 +23,7 @@ from binclf.command import Terminated
 from binclf.data.gaussians import normal_cdf
 from binclf.study import report as report_module
 from binclf.study import sweep
+from binclf.study.execute import run_task
 from binclf.study.plan import OWNED, finished, plan
 from binclf.study.report import efficiency_figure, report
 from binclf.study.sweep import StopOnce, main
@@ -565,37 +567,54 @@ def test_a_sweep_into_a_file_says_a_line_per_group_and_per_run(tmp_path, default
     assert all(re.fullmatch(run_line, line) for line in finished), finished
     assert (tmp_path / "stacked" / "runs" / "lr=0.1,seed=0" / "stack.log").is_file()
 
-    scales, names = '{"data.scale": [0.3, 1.0]}', "scale=0.3,seed=0, scale=1,seed=0"
+    for run in ("lr=0.1,seed=0", "lr=0.3,seed=1"):  # each run's own log holds its test summary
+        log = (tmp_path / "stacked" / "runs" / run / "output.log").read_text()
+        assert "Test summary" in log
+        assert "Best checkpoint:" in log
+
+
+@pytest.mark.slow
+def test_runs_that_cannot_stack_train_solo_and_say_why(tmp_path, monkeypatch):
+    """Two runs whose scheduler follows their own validation loss: given as a stack, they train solo one
+    after the other, each in its own folder, and the line says why."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["binclf-sweep"])
     scheduler = "--model.lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau"
-    outputs = {
-        "solo": sweep_into_a_pipe("solo", scales, "--steps=20", f"--args=[{small}]", "--mode=solo"),
-        "scheduled": sweep_into_a_pipe(
-            "scheduled", scales, "--steps=20", "--workers=1", f"--args=[{small}, {scheduler}]"
-        ),
-        "split": sweep_into_a_pipe("split", scales, "--steps=20", "--workers=2", f"--args=[{small}]"),
-    }
-    groups = {
-        "solo": ["solo (scale=0.3,seed=0): --mode solo", "solo (scale=1,seed=0): --mode solo"],
-        "scheduled": [
-            f"solo, 2 runs one after the other ({names}): "
-            "its learning-rate scheduler follows its own validation loss (ReduceLROnPlateau)"
-        ],
-        "split": [
-            f"solo ({run}): its stack of 2 runs was split over workers that would otherwise sit idle"
-            for run in ("scale=0.3,seed=0", "scale=1,seed=0")
-        ],
-    }
-    run_line = r"run (scale=0\.3,seed=0|scale=1,seed=0): ok, acc \d+\.\d\d %, \d+\.\d s"
-    for name, out in outputs.items():
-        lines = out.splitlines()
-        assert sorted(line for line in lines if line.startswith(("stack of", "solo"))) == sorted(groups[name])
-        finished = [line for line in lines if line.startswith("run ")]
-        assert len(finished) == 2, out
-        assert all(re.fullmatch(run_line, line) for line in finished), finished
-        for run in ("scale=0.3,seed=0", "scale=1,seed=0"):  # each run's own log holds its test summary
-            log = (tmp_path / name / "runs" / run / "output.log").read_text()
-            assert "Test summary" in log
-            assert "Best checkpoint:" in log
+    small = [arg for arg in SMALL if arg.split("=")[0].removeprefix("--") not in OWNED]
+    runs = plan(str(DEFAULT_CONFIG), {"data.scale": [0.3, 1.0]}, [0], [*small, scheduler], tmp_path, None, 20)
+    results = run_task(runs)
+    assert sweep.group_line(results, "stacked") == (
+        "solo, 2 runs one after the other (scale=0.3,seed=0, scale=1,seed=0): "
+        "its learning-rate scheduler follows its own validation loss (ReduceLROnPlateau)"
+    )
+    for run, result in zip(runs, results, strict=True):
+        assert result["status"] == "ok", result["error"]
+        assert re.fullmatch(
+            r"run scale=(0\.3|1),seed=0: ok, acc \d+\.\d\d %, \d+\.\d s", sweep.run_line(result)
+        )
+        assert (run.directory / "checkpoints").is_dir()
+
+
+def test_a_run_alone_on_its_worker_says_why():
+    alone = [{"run": "scale=1,seed=0", "trained": "solo", "status": "ok"}]
+    assert sweep.group_line(alone, "solo") == "solo (scale=1,seed=0): --mode solo"
+    assert sweep.group_line(alone, "stacked", partners=1) == (
+        "solo (scale=1,seed=0): its stack of 2 runs was split over workers that would otherwise sit idle"
+    )
+    assert sweep.group_line(alone, "stacked") == (
+        "solo (scale=1,seed=0): no other run differs from it only in "
+        "data settings, seeds and optimizer settings"
+    )
+    runs = plan(
+        str(DEFAULT_CONFIG),
+        {"data.scale": [0.3, 1.0], "model.optimizer": ["SGD", "Adam"]},
+        [0],
+        [],
+        Path("s"),
+        1,
+        None,
+    )
+    assert sweep.Progress(runs, "stacked").could_stack_with == {run.name: 1 for run in runs}
 
 
 def test_binclf_help_names_the_sweep_and_neither_imports_lightning():
@@ -653,3 +672,47 @@ def test_a_table_study_reports_what_a_table_has_and_no_bayes_rule(tmp_path):
         histogram = json.loads((study / "runs" / run / "result.json").read_text())["histogram"]
         assert histogram["classes"] == ["ham", "spam"]
         assert histogram["axis"] == "links (first feature)"
+
+
+@pytest.mark.slow
+def test_a_sweep_into_a_pipe_says_how_far_each_running_stack_is(tmp_path):
+    """A stack held at a known step (its data module waits for a file as it gives the 12th batch of each
+    member), and a progress line every 0.2 s: the lines say how many steps of how many the stack has done,
+    the held step among them, and the sweep ends normally once let go."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["data"] = {
+        "class_path": "faults.HeldAtBatch",
+        "init_args": {"folder": str(tmp_path), "batch": 12, "num_samples": 200, "num_val_samples": 200},
+    }
+    (tmp_path / "held.yaml").write_text(yaml.safe_dump(config))
+    command = [str(Path(sys.executable).parent / "binclf-sweep"), f"--base_config={tmp_path / 'held.yaml'}"]
+    command += ['--grid={"data.scale": [0.3, 1.0]}', "--steps=100", "--workers=1", "--progress_every=0.2"]
+    command += ["--args=[--data.num_test_samples=200, --data.batch_size=64]", f"--root={tmp_path}"]
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+    )
+    progress_file = tmp_path / "sweep" / "runs" / "scale=0.3,seed=0" / "progress"
+    lines: list[str] = []
+    held_at = None  # the step the stack is held after, once it is held
+    try:
+        while held_at is None or not lines[-1].endswith(f"step {held_at} of 100"):
+            readable, _, _ = select.select([process.stdout], [], [], 300)  # a hang's limit, not a race
+            line = process.stdout.readline() if readable else ""
+            assert line, f"the sweep ended, or said nothing, before the stack was held: {lines}"
+            assert len(lines) < 10_000, lines[-5:]  # lines keep coming, but never the held step
+            lines.append(line.rstrip("\n"))
+            if held_at is None and (tmp_path / "held").exists():
+                held_at = int(progress_file.read_text().split()[0])
+        assert held_at > 0
+        (tmp_path / "go").touch()
+        out, err = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err[-2000:]
+    lines += out.splitlines()
+    progress = [line for line in lines if line.startswith("running, ")]
+    shape = r"running, \d+ s in: stack of 2 \(scale=0\.3,seed=0, \.\.\.\): (building|step \d+ of 100)"
+    assert progress
+    assert all(re.fullmatch(shape, line) for line in progress), progress
+    assert "run scale=1,seed=0: ok" in "\n".join(lines)

@@ -106,7 +106,7 @@ def test_a_grid_path_with_dot_dot_names_its_run_inside_the_sweep_and_a_rerun_rem
     there. Where the run folder is, and what a rerun removes, is what matters."""
     monkeypatch.setattr(sweep, "check_arguments", lambda run: None)  # a process of its own: tested elsewhere
     monkeypatch.setattr(
-        sweep, "_run_here", lambda work, workers, record: [record(run_task(task)) for task in work]
+        sweep, "_run_here", lambda work, workers, progress: [progress.record(run_task(task)) for task in work]
     )
     value = "../" * 6 + "outside/deep/data.csv"
     arguments = ["--name=paths", f"--base_config={CONFIGS / 'tabular_example.yaml'}", "--epochs=1"]
@@ -125,7 +125,7 @@ def test_a_grid_path_with_dot_dot_names_its_run_inside_the_sweep_and_a_rerun_rem
 def test_a_folder_in_a_runs_place_that_the_sweep_did_not_make_is_left_alone(in_work, monkeypatch):
     monkeypatch.setattr(sweep, "check_arguments", lambda run: None)
     monkeypatch.setattr(
-        sweep, "_run_here", lambda work, workers, record: [record(run_task(task)) for task in work]
+        sweep, "_run_here", lambda work, workers, progress: [progress.record(run_task(task)) for task in work]
     )
     mine = in_work / "lightning_logs" / "sweeps" / "sweep" / "runs" / "scale=0.5,seed=0"
     mine.mkdir(parents=True)
@@ -262,7 +262,7 @@ EDITS = {
 def test_an_edited_result_json_is_not_published_and_its_run_is_redone(edit, in_work, monkeypatch, capsys):
     redone = []
     monkeypatch.setattr(sweep, "check_arguments", lambda run: None)
-    monkeypatch.setattr(sweep, "_run_here", lambda work, workers, record: redone.extend(work))
+    monkeypatch.setattr(sweep, "_run_here", lambda work, workers, progress: redone.extend(work))
     arguments = [f"--base_config={DEFAULT_CONFIG}", '--grid={"data.scale": [0.5, 0.7]}', "--epochs=1"]
     edited, kept = finish_every_run(arguments, **{"test/acc": 0.99, "wall_seconds": 1.5})
     result = json.loads((edited.directory / "result.json").read_text())

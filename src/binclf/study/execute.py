@@ -19,6 +19,20 @@ from binclf.command import EXIT_STATUS
 from binclf.study.plan import RESULT, Run, fresh_run_folder, run_args
 
 STACK_LOG = "stack.log"
+PROGRESS = "progress"  # a stack's steps done and due, "1200 3000", in its first run's folder
+
+
+def read_progress(path: Path) -> tuple[int, int] | None:
+    """A stack's ``(steps done, steps due)`` from its progress file, or ``None`` where there is none yet (or
+    it is being replaced, or is not what a stack writes)."""
+    try:
+        fields = path.read_text()[:64].split()
+    except OSError:
+        return None
+    if len(fields) != 2 or not all(field.isdigit() for field in fields):
+        return None
+    done, due = int(fields[0]), int(fields[1])
+    return (done, due) if 0 <= done <= due else None
 
 
 def run_task(task: list[Run]) -> list[dict[str, Any]]:
@@ -180,6 +194,7 @@ def _train_and_test_stack(runs: list[Run]) -> tuple[list[dict[str, Any]] | None,
             log_every=trainer.log_every_n_steps or 50,  # Lightning's default where none is set
             batch_size=batch_size,
             accelerator=accelerator,
+            progress_file=runs[0].directory / PROGRESS,
         )
     for name, member in members.items():
         if member.failure is not None:

@@ -36,6 +36,7 @@ keeps each member as its solo run would be:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -57,6 +58,7 @@ from binclf.monitoring.messages import report
 from binclf.monitoring.tensorboard import LogAtTrainedStep, RunLogger, hparams_row, write_hparams_row
 from binclf.oracle import scoring_callbacks
 from binclf.runs import checkpoint_filename
+from binclf.safe_io import atomic_write
 
 MONITOR = "loss/val"  # a member's best checkpoint is chosen by it, as binclf fit's by default
 
@@ -231,9 +233,17 @@ class StackedClassifier(LightningModule):
     """
 
     def __init__(
-        self, members: list[Member], val_every: int, log_every: int, batch_size: int, steps: int
+        self,
+        members: list[Member],
+        val_every: int,
+        log_every: int,
+        batch_size: int,
+        steps: int,
+        progress_file: Path | None = None,
     ) -> None:
         super().__init__()
+        # Steps done and due, for the sweep's progress lines: written a hundred times in all, at most.
+        self.progress_file, self.progress_stride = progress_file, max(1, steps // 100)
         # An optimizer and scheduler per group of members with the same settings, stepped here: a scheduler
         # follows its members' epochs, which Lightning's loop, seeing one long epoch of the stack, does not
         # know; so members with a scheduler group by epoch length too.
@@ -310,6 +320,9 @@ class StackedClassifier(LightningModule):
         for optimizer in optimizers:
             optimizer.step()
         step = batch_idx + 1  # optimizer steps taken, as a solo run's global_step now
+        if self.progress_file is not None and (step % self.progress_stride == 0 or step == self.steps):
+            with contextlib.suppress(OSError):  # a line the sweep prints, not worth a run
+                atomic_write(self.progress_file, lambda tmp: tmp.write_text(f"{step} {self.steps}\n"))
         self.end_epochs(step)
         for group, scheduler in zip(self.groups, self.schedulers, strict=True):
             if scheduler is not None and step % group.steps_per_epoch == 0:
@@ -440,12 +453,14 @@ def train_stack(
     log_every: int,
     batch_size: int,
     accelerator: str = "cpu",
+    progress_file: Path | None = None,
 ) -> StackedClassifier:
     """Fit the stack for ``steps`` optimizer steps; each member ends with its best weights and history, and
-    the returned module holds the weights after the last step."""
+    the returned module holds the weights after the last step. With ``progress_file``, the steps done and
+    due are kept there."""
     for member in members:
         member.steps_per_epoch = epoch_length(member, batch_size)
-    module = StackedClassifier(members, val_every, log_every, batch_size, steps)
+    module = StackedClassifier(members, val_every, log_every, batch_size, steps, progress_file)
     trainer = Trainer(
         max_epochs=1,  # the stack's one pass over its ``steps`` batches; each member counts its own epochs
         limit_val_batches=0,
@@ -469,8 +484,6 @@ def train_stack(
 def finish_member(member: Member, directory: Path, accelerator: str = "cpu") -> dict[str, float]:
     """Test the member's best weights as its solo run would (BinaryClassifier's test step, against its own
     Bayes rule), write its TensorBoard curves, HParams row and best checkpoint; return its test metrics."""
-    from binclf.safe_io import atomic_write
-
     if not member.best_state:
         raise RuntimeError("no validation ran: val_check_interval is larger than the number of steps")
     model, datamodule = member.model, member.datamodule

@@ -29,7 +29,7 @@ import time
 from argparse import ArgumentError
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
@@ -38,7 +38,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from binclf.command import EXIT_STATUS, Terminated, check_config_files, error_message, raise_on_sigterm
 from binclf.paths import inside, regular_file
-from binclf.study.execute import lost, run_task, worker_start
+from binclf.study.execute import PROGRESS, lost, read_progress, run_task, worker_start
 from binclf.study.plan import STACKABLE, Run, finished, plan, read_result, stack_key, tasks
 
 _FIRST_COLUMNS = ["run", "seed", "status"]
@@ -152,9 +152,11 @@ class Progress:
     it is and why, then a line per run. At a terminal a progress bar runs below them; into a file or a pipe
     the lines come alone, with no carriage returns. Keeps this session's results by run name."""
 
-    def __init__(self, runs: list[Run], mode: str) -> None:
+    def __init__(self, runs: list[Run], mode: str, every: float = 30.0) -> None:
         self.results: dict[str, dict[str, Any]] = {}
         self.mode = mode
+        self.every, self.started = every, time.monotonic()
+        self.next_line = self.started + every
         # How many runs could share each run's stack: a run alone on its worker had partners, or had none.
         keys = Counter(stack_key(run) for run in runs)
         self.could_stack_with = {run.name: keys[stack_key(run)] - 1 for run in runs}
@@ -181,9 +183,32 @@ class Progress:
             self.bar.set_postfix(failed=sum(r["status"] != "ok" for r in self.results.values()))
             self.bar.update(len(task_results))
 
+    def seconds_to_next(self) -> float:
+        """How long until the next progress line is due."""
+        return max(0.0, self.next_line - time.monotonic())
+
+    def tick(self, running: list[list[Run]]) -> None:
+        """Into a file, once every ``every`` seconds, a line on the tasks running now (a terminal has the
+        progress bar): a stack's steps done of its steps due, which it writes into its first run's folder."""
+        now = time.monotonic()
+        if now < self.next_line or self.bar is not None:
+            return
+        self.next_line = now + self.every
+        parts = [running_part(task) for task in running] or ["waiting for a worker"]
+        self.say(f"running, {now - self.started:.0f} s in: " + "; ".join(parts))
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def running_part(task: list[Run]) -> str:
+    """``stack of 4 (first run, ...): step 1200 of 3000``, or ``run <name>`` for a run alone."""
+    if len(task) == 1:
+        return f"run {task[0].name}"
+    steps = read_progress(task[0].directory / PROGRESS)
+    done = f"step {steps[0]} of {steps[1]}" if steps is not None else "building"
+    return f"stack of {len(task)} ({task[0].name}, ...): {done}"
 
 
 def group_line(results: list[dict[str, Any]], mode: str, partners: int = 0) -> str:
@@ -220,7 +245,11 @@ def run_line(result: dict[str, Any]) -> str:
 
 
 def run_sweep(
-    runs: list[Run], workers: int, mode: str = "stacked", ray: dict[str, Any] | None = None
+    runs: list[Run],
+    workers: int,
+    mode: str = "stacked",
+    ray: dict[str, Any] | None = None,
+    progress_every: float = 30.0,
 ) -> dict[str, dict[str, Any]]:
     """Run what is not finished yet, stacked or solo (see :func:`tasks`), with a progress bar over the runs:
     on ``workers`` processes here, or with ``ray`` settings as Ray tasks on a cluster. Returns this session's
@@ -231,20 +260,20 @@ def run_sweep(
     print(f"{len(runs)} runs, {skipped} already finished, {len(todo)} to run on {where}")
     if not todo:
         return {}
-    progress = Progress(todo, mode)
+    progress = Progress(todo, mode, progress_every)
     try:
         if ray is not None:
             from binclf.study.ray_executor import run_on_ray
 
             run_on_ray(todo, mode=mode, workers=workers, record=progress.record, **ray)
         else:
-            _run_here(tasks(todo, workers, mode), workers, progress.record)
+            _run_here(tasks(todo, workers, mode), workers, progress)
     finally:
         progress.close()
     return progress.results
 
 
-def _run_here(work: list[list[Run]], workers: int, record: Any) -> None:
+def _run_here(work: list[list[Run]], workers: int, progress: Progress) -> None:
     # A fresh interpreter per worker: no inherited torch threads or locks.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
@@ -252,11 +281,15 @@ def _run_here(work: list[list[Run]], workers: int, record: Any) -> None:
     ) as pool:
         try:
             futures = {pool.submit(run_task, task): task for task in work}
-            for future in as_completed(futures):
-                try:
-                    record(future.result())
-                except Exception as error:  # the worker process itself died
-                    record(lost(futures[future], error))
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=progress.seconds_to_next(), return_when=FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        progress.record(future.result())
+                    except Exception as error:  # the worker process itself died
+                        progress.record(lost(futures[future], error))
+                progress.tick([futures[future] for future in pending if future.running()])
         except BaseException:  # stopped: no run may go on without the sweep that started it
             for signal_number in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut this short
                 signal.signal(signal_number, signal.SIG_IGN)
@@ -297,6 +330,12 @@ def parser() -> ArgumentParser:
     parser.add_argument("--epochs", type=int | None, default=None, help="budget: epochs per run")
     parser.add_argument("--steps", type=int | None, default=None, help="budget: optimizer steps per run")
     parser.add_argument("--workers", type=int, default=0, help="parallel runs; 0 means one per core")
+    parser.add_argument(
+        "--progress_every",
+        type=float,
+        default=30.0,
+        help="seconds between progress lines when the output goes to a file or a pipe",
+    )
     parser.add_argument(
         "--mode",
         type=Literal["stacked", "solo"],
@@ -390,7 +429,7 @@ def _sweep(config: Any, runs: list[Run], sweep_dir: Path, x_key: str, line_key: 
     stopper = StopOnce()
     previous_handlers = stopper.install()
     try:
-        results = run_sweep(runs, workers, config.mode, ray)
+        results = run_sweep(runs, workers, config.mode, ray, config.progress_every)
         rows = write_results(runs, sweep_dir / "results.csv", results)
         from binclf.study.report import report  # matplotlib only once the runs are done
 
