@@ -55,7 +55,7 @@ mutate: install-dev
 
 # Speed and memory against the bare PyTorch loop, printed as tables; each script says what it measures.
 bench: install-dev
-	@for script in startup end_to_end loop_overhead scale workarounds stacked_study ratio_levers gpu; do \
+	@for script in startup end_to_end loop_overhead scale workarounds stacked_study stack_profile ratio_levers gpu; do \
 		echo "== benchmarks/$$script.py"; $(BIN)/python benchmarks/$$script.py || exit 1; done
 
 # The README's figures and test summary: the default config, fitted and tested in a scratch log folder.
