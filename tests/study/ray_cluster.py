@@ -1,7 +1,7 @@
 """Runs inside a network namespace that holds nothing but loopback (``tests/study/test_ray.py`` starts it): a
 two-node Ray cluster on this machine, and ``binclf-sweep --executor ray`` against it, three ways:
 
-1. ``agree``: a small grid through the cluster and through the local executor;
+1. ``agree``: a small grid through the cluster (as one stack) and through the local executor;
 2. ``resume``: the sweep stopped with SIGINT while runs are held at a known point, then run again; and
    ``term``: the same stopped with SIGTERM;
 3. ``lost node``: the second node's processes killed while they run a task, the sweep finishing anyway.
@@ -72,9 +72,10 @@ def main() -> None:
         report["pids"] += [process.pid for _, process in node.live_processes()]
     address = cluster.address
     try:
-        # 1. The same grid through the cluster and through the local executor.
+        # 1. The same grid through the cluster and through the local executor: one stack of both runs on
+        # Ray (one worker), two runs side by side here.
         on_ray = subprocess.run(
-            sweep(root, "on-ray", f"--args=[{SMALL}]", address=address),
+            sweep(root, "on-ray", f"--args=[{SMALL}]", "--workers=1", address=address),
             env=ENV,
             capture_output=True,
             text=True,

@@ -55,6 +55,7 @@ def test_a_small_grid_runs_on_the_cluster_as_it_does_here(cluster):
     local = {row["run"]: row for row in agree["local"]}
     assert on_ray.keys() == local.keys()
     assert len(agree["ray"]) == len(on_ray) == 2
+    assert {row["stack_size"] for row in agree["ray"]} == {"2"}  # one stack, on the cluster
     for name, row in on_ray.items():
         assert row["status"] == local[name]["status"] == "ok"
         tolerance = max(2 * float(local[name]["test/acc_gap_se"]), 0.003)  # the stacked study's tolerance
