@@ -118,6 +118,10 @@ BAD_SWEEPS = {
     "a budget that never ends": (['--grid={"data.scale": [0.5]}', "--steps=-1"], "steps must be at least 1"),
     "no epochs": (['--grid={"data.scale": [0.5]}', "--epochs=0"], "epochs must be at least 1"),
     "negative workers": (['--grid={"data.scale": [0.5]}', "--epochs=1", "--workers=-1"], "workers must be 0"),
+    "no time between progress lines": (
+        ['--grid={"data.scale": [0.5]}', "--epochs=1", "--progress_every=0"],
+        "progress_every must be a positive number of seconds, got 0.0",
+    ),
     "a grid key no fit accepts": (
         [f"--base_config={DEFAULT_CONFIG}", '--grid={"data.sclae": [0.5]}', "--epochs=1"],
         "binclf fit refuses the runs' arguments: --data.sclae: TwoGaussianDataModule takes no argument "

@@ -19,6 +19,7 @@ import contextlib
 import csv
 import errno
 import fcntl
+import math
 import multiprocessing
 import os
 import signal
@@ -160,12 +161,11 @@ class Progress:
         # How many runs could share each run's stack: a run alone on its worker had partners, or had none.
         keys = Counter(stack_key(run) for run in runs)
         self.could_stack_with = {run.name: keys[stack_key(run)] - 1 for run in runs}
-        total = len(runs)
         self.bar = None
         if sys.stdout.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="run", file=sys.stdout, dynamic_ncols=True)
+            self.bar = tqdm(total=len(runs), unit="run", file=sys.stdout, dynamic_ncols=True)
 
     def say(self, line: str) -> None:
         if self.bar is not None:
@@ -386,6 +386,9 @@ def main(args: list[str] | None = None) -> None:
         sweep_dir = inside(Path(config.root), config.name, "--name")
         if config.workers < 0:
             raise ValueError(f"workers must be 0 (one per core) or more, got {config.workers}")
+        if not 0 < config.progress_every < math.inf:
+            every = config.progress_every
+            raise ValueError(f"progress_every must be a positive number of seconds, got {every}")
         runs = plan(
             config.base_config,
             config.grid,
