@@ -1,6 +1,6 @@
 """How the sweep drives Ray, decided in a second against a stand-in for Ray: each task asks for its retries,
 and every run's result is recorded exactly once, whether its task ended well or was lost. (The real
-two-node cluster is in test_ray.py.)"""
+cluster is in test_two_hosts.py.)"""
 
 from __future__ import annotations
 

@@ -4,11 +4,15 @@ inside them. ``tests/study/test_two_hosts.py`` runs this as root and reads the o
 
 - The token: ``ray get-auth-token --generate`` writes ``~/.ray/auth_token``; every process here has the same
   home folder, which is what copying the file to every node and the driver gives, and ``RAY_AUTH_MODE=token``.
-- The head (``ray start --head``) offers no CPUs, so every run crosses to the second host.
-- ``binclf-sweep --executor ray`` runs a small grid on the head host; the same grid runs on the local
-  executor, to compare. A driver without the token is refused.
-- The second host is lost (its processes killed) while it holds a run, and a node is started there again:
-  the run is retried, and no run is lost.
+  A driver without the token is refused.
+- The head (``ray start --head``) offers no CPUs, so every run crosses to the second host; each held run
+  records the network namespace it ran in.
+- ``agree``: ``binclf-sweep --executor ray`` runs a small grid as one stack on the cluster; the same grid
+  runs as one stack on the local executor, to compare.
+- ``resume``: the sweep stopped with SIGINT while a run is held at a known point, then run again; ``term``:
+  the same stopped with SIGTERM, as a batch system stops a job.
+- ``lost``: the second host lost (its processes killed) while it holds a run, and a node started there
+  again: the run is retried, and no run is lost.
 
 Everything started is removed at the end, processes and namespaces alike, however the script ends.
 """
@@ -105,9 +109,26 @@ def sweep(root: Path, name: str, *extra: str) -> list[str]:
     return [*command, "--steps=20", f"--root={root}", f"--name={name}", *extra]
 
 
-def held(folder: Path) -> str:
-    spec = json.dumps({"class_path": "faults.HoldAtTrainStart", "init_args": {"folder": str(folder)}})
+def held(folder: Path, except_run: str | None = None) -> str:
+    init = {"folder": str(folder)} | ({"except_run": except_run} if except_run else {})
+    spec = json.dumps({"class_path": "faults.HoldAtTrainStart", "init_args": init})
     return f"--args=[{SMALL}, '--trainer.callbacks+={spec}']"
+
+
+def wait_for(condition, driver: subprocess.Popen) -> None:
+    """Until ``condition`` holds: it looks at files the runs write, a known point, not a clock. A driver that
+    has ended can no longer bring it about."""
+    while not condition():
+        if driver.poll() is not None:
+            raise SystemExit(
+                f"the sweep ended first:\n{driver.stdout.read()[-2000:]}{driver.stderr.read()[-2000:]}"
+            )
+        time.sleep(0.05)
+
+
+def starts(folder: Path) -> list[tuple[str, int]]:
+    """The runs held in ``folder`` as they started: each run's name and its network namespace's number."""
+    return [(path.name.split("@")[1], int(path.read_text() or 0)) for path in folder.glob("started@*")]
 
 
 def main() -> None:
@@ -134,75 +155,110 @@ def main() -> None:
         run(*hosts.exec(hosts.head, *head, "--include-dashboard=false"), env=env)
         node = [ray, "start", f"--address={address}", f"--node-ip-address={NODE_IP}", "--num-cpus=1"]
         run(*hosts.exec(hosts.node, *node), env=env)
+        on_ray = ["--executor=ray", f"--ray_address={address}"]
+
+        def driver(name: str, *extra: str) -> list[str]:
+            """A sweep started on the head host, submitting to the cluster."""
+            return [*hosts.exec(hosts.head, *sweep(root, name, *extra)), *on_ray]
 
         # Without the token, the cluster refuses the driver.
         stranger = {**env, "HOME": str(root)}
-        refused = run(
-            *hosts.exec(hosts.head, *sweep(root, "refused", f"--args=[{SMALL}]")),
-            "--executor=ray",
-            f"--ray_address={address}",
-            env=stranger,
-            check=False,
-            timeout=300,
-        )
+        refused = run(*driver("refused", f"--args=[{SMALL}]"), env=stranger, check=False, timeout=300)
         report["refused"] = {"returncode": refused.returncode, "stderr": refused.stderr[-2000:]}
 
-        # The same grid on the two hosts and on the local executor; each run records the host it ran on.
-        marks = root / "marks"
-        marks.mkdir()
-        (marks / "go").touch()  # recorded, never held
-        on_ray = run(
-            *hosts.exec(hosts.head, *sweep(root, "on-ray", held(marks))),
-            "--executor=ray",
-            f"--ray_address={address}",
-            env=env,
-            check=False,
-            timeout=600,
+        # 1. The same grid as one stack (one worker) on the cluster and on the local executor.
+        stacked = run(
+            *driver("on-ray", f"--args=[{SMALL}]", "--workers=1"), env=env, check=False, timeout=600
         )
         local = run(
-            *sweep(root, "local", f"--args=[{SMALL}]", "--workers=2"), env=env, check=False, timeout=600
+            *sweep(root, "local", f"--args=[{SMALL}]", "--workers=1"), env=env, check=False, timeout=600
         )
-        node_namespace = os.stat(f"/run/netns/{hosts.node}").st_ino
         report["agree"] = {
-            "returncodes": [on_ray.returncode, local.returncode],
-            "stdout": on_ray.stdout[-3000:],
-            "stderr": on_ray.stderr[-3000:],
+            "returncodes": [stacked.returncode, local.returncode],
+            "stderr": stacked.stderr[-3000:] + local.stderr[-3000:],
             "ray": rows(root / "on-ray" / "results.csv"),
             "local": rows(root / "local" / "results.csv"),
-            "on_second_host": sorted(
-                path.name.split("@")[1]
-                for path in marks.glob("started@*")
-                if int(path.read_text() or 0) == node_namespace
-            ),
         }
 
-        # The second host lost while it holds a run; a node started there again takes the retried task.
+        # 2. Stopped with SIGINT while a run is held, then run again: only what did not finish goes out again.
+        held_here = root / "held"
+        held_here.mkdir()
+        first = "scale=0.3,seed=0"
+        command = driver("resume", "--mode=solo", held(held_here, except_run=first))
+        sweep_process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        runs = root / "resume" / "runs"
+        wait_for(lambda: (runs / first / "result.json").exists(), sweep_process)
+        wait_for(lambda: any(name != first for name, _ in starts(held_here)), sweep_process)
+        sweep_process.send_signal(signal.SIGINT)
+        stopped_out, stopped_err = sweep_process.communicate(timeout=300)
+        finished = sorted(path.parent.name for path in runs.glob("*/result.json"))
+        mtimes = {name: (runs / name / "result.json").stat().st_mtime_ns for name in finished}
+        (held_here / "go").touch()
+        again = run(*command, env=env, check=False, timeout=600)
+        report["resume"] = {
+            "stopped": sweep_process.returncode,
+            "stopped_out": stopped_out[-2000:],
+            "stopped_err": stopped_err[-2000:],
+            "finished_before": finished,
+            "again": again.returncode,
+            "again_out": again.stdout[-3000:],
+            "rows": rows(root / "resume" / "results.csv"),
+            "unchanged": all((runs / n / "result.json").stat().st_mtime_ns == t for n, t in mtimes.items()),
+        }
+
+        # 3. The same, stopped with SIGTERM.
+        held_term = root / "held-term"
+        held_term.mkdir()
+        sweep_process = subprocess.Popen(
+            driver("term", "--mode=solo", held(held_term)),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(lambda: starts(held_term), sweep_process)
+        sweep_process.send_signal(signal.SIGTERM)
+        term_out, term_err = sweep_process.communicate(timeout=300)
+        (held_term / "go").touch()
+        report["term"] = {
+            "returncode": sweep_process.returncode,
+            "stdout": term_out[-2000:],
+            "stderr": term_err[-4000:],
+            "rows": rows(root / "term" / "results.csv"),
+        }
+
+        # 4. The second host lost while it holds a run; a node started there again takes the retried task.
         lost = root / "lost"
         lost.mkdir()
-        command = hosts.exec(
-            hosts.head, *sweep(root, "lost-node", "--mode=solo", "--ray_retries=3", held(lost))
+        command = driver("lost-node", "--mode=solo", "--ray_retries=3", held(lost))
+        sweep_process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        command += ["--executor=ray", f"--ray_address={address}"]
-        driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        while not any(lost.glob("started@*")):  # a run held on the second host: a known point, not a clock
-            if driver.poll() is not None:
-                raise SystemExit(f"the sweep ended first: {driver.stderr.read()[-2000:]}")
-            time.sleep(0.05)
-        first = next(lost.glob("started@*")).name.split("@")[1]
+        wait_for(lambda: starts(lost), sweep_process)  # a run held on the second host
+        first_held = starts(lost)[0][0]
         killed = hosts.kill_all(hosts.node)
         hosts.pids |= killed
         run(*hosts.exec(hosts.node, *node), env=env)
         (lost / "go").touch()
-        out, err = driver.communicate(timeout=600)
+        out, err = sweep_process.communicate(timeout=600)
         report["lost"] = {
-            "returncode": driver.returncode,
-            "held_run": first,
+            "returncode": sweep_process.returncode,
+            "held_run": first_held,
             "killed": len(killed),
             "rows": rows(root / "lost-node" / "results.csv"),
             "stdout": out[-3000:],
             "stderr": err[-3000:],
-            "starts": sorted(path.name.split("@")[1] for path in lost.glob("started@*")),
+            "starts": sorted(name for name, _ in starts(lost)),
         }
+
+        # Where every held run ran: the second host's namespace, or another.
+        node_namespace = os.stat(f"/run/netns/{hosts.node}").st_ino
+        held_runs = [each for folder in (held_here, held_term, lost) for each in starts(folder)]
+        report["hosts_of_runs"] = sorted(
+            {"second" if ns == node_namespace else "other" for _, ns in held_runs}
+        )
         report["namespaces"] = [hosts.head, hosts.node]
     report["pids"] = sorted(hosts.pids)
     report["seconds"] = round(time.perf_counter() - start, 1)
