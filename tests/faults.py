@@ -4,6 +4,7 @@ that they work in processes of their own (``PYTHONPATH`` names this folder). Not
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import time
@@ -46,7 +47,7 @@ class SignalAtEpochStart(Callback):
                 file.write(f"{os.getpid()}\n")
             if len(self.pid_file.read_text().split()) < self.pids:
                 return
-        os.kill(os.getppid() if self.to_parent else os.getpid(), self.signal_number)
+        os.kill(multiprocessing.parent_process().pid if self.to_parent else os.getpid(), self.signal_number)
 
 
 class SigtermWhenBuilt(TwoGaussianDataModule):

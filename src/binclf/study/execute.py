@@ -299,8 +299,8 @@ def training_histogram(datamodule: Any, bins: int = 50) -> dict[str, list[float]
     }
 
 
-def worker_start(sweep: int) -> None:
-    """Set up one of the sweep's worker processes (``sweep``: the sweep's process id)."""
+def worker_start() -> None:
+    """Set up one of the sweep's worker processes."""
     import torch
 
     from binclf.main import prepare_process
@@ -308,7 +308,7 @@ def worker_start(sweep: int) -> None:
     prepare_process()  # as the binclf command sets its process up: each run is such a command
 
     # A sweep killed outright (SIGKILL, the out-of-memory killer) cannot end its workers: they end themselves.
-    threading.Thread(target=_exit_without, args=(sweep,), daemon=True).start()
+    threading.Thread(target=_exit_without_the_sweep, daemon=True).start()
 
     # One intra-op thread per worker: several workers share the cores, and this model is too small to gain.
     torch.set_num_threads(1)
@@ -316,10 +316,13 @@ def worker_start(sweep: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _exit_without(sweep: int) -> None:
-    """End this worker once ``sweep``, the process that started it, has gone: its parent is then another."""
+def _exit_without_the_sweep() -> None:
+    """End this worker once the sweep that started it has gone: the pipe it holds open to each of its workers
+    (multiprocessing's sentinel of the parent process) then reads as closed."""
+    from multiprocessing import parent_process
+    from multiprocessing.connection import wait
+
     from binclf.workarounds import end_now
 
-    while os.getppid() == sweep:
-        time.sleep(1)
+    wait([parent_process().sentinel])
     end_now(1)

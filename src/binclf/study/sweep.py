@@ -274,11 +274,7 @@ def run_sweep(
 
 
 def _run_here(work: list[list[Run]], workers: int, progress: Progress) -> None:
-    # A fresh interpreter per worker: no inherited torch threads or locks.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=worker_start, initargs=(os.getpid(),)
-    ) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_worker_context(), initializer=worker_start) as pool:
         try:
             futures = {pool.submit(run_task, task): task for task in work}
             pending = set(futures)
@@ -296,6 +292,17 @@ def _run_here(work: list[list[Run]], workers: int, progress: Progress) -> None:
             pool.shutdown(wait=False, cancel_futures=True)
             _end_workers()
             raise
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """How workers start: forked from a server process that has imported what a run needs and run nothing, so
+    that each starts at once with no torch threads or locks inherited; where there is no fork, each is a
+    fresh interpreter that imports it all itself."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["binclf.study.execute", "binclf.cli"])
+    return context
 
 
 def _on_gpu(base_config: str, args: list[str]) -> bool:
