@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE.parents[1] / "configs" / "default.yaml"
 BIN = Path(sys.executable).parent
-GRID = '{"data.scale": [0.3, 1.0]}'  # two runs: one per node, or one finished and one held
+GRID = '{"data.scale": [0.3, 1.0]}'  # two runs: one stack, or one finished and one held
 SMALL = "--data.num_val_samples=200, --data.num_test_samples=1000, --data.batch_size=64"
 HEAD_IP, NODE_IP, PORT = "198.18.0.1", "198.18.0.2", 6379
 
@@ -104,8 +104,8 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
-def sweep(root: Path, name: str, *extra: str) -> list[str]:
-    command = [str(BIN / "binclf-sweep"), f"--base_config={CONFIG}", f"--grid={GRID}", "--seeds=[0]"]
+def sweep(root: Path, name: str, *extra: str, grid: str = GRID) -> list[str]:
+    command = [str(BIN / "binclf-sweep"), f"--base_config={CONFIG}", f"--grid={grid}", "--seeds=[0]"]
     return [*command, "--steps=20", f"--root={root}", f"--name={name}", *extra]
 
 
@@ -157,25 +157,30 @@ def main() -> None:
         run(*hosts.exec(hosts.node, *node), env=env)
         on_ray = ["--executor=ray", f"--ray_address={address}"]
 
-        def driver(name: str, *extra: str) -> list[str]:
+        def driver(name: str, *extra: str, grid: str = GRID) -> list[str]:
             """A sweep started on the head host, submitting to the cluster."""
-            return [*hosts.exec(hosts.head, *sweep(root, name, *extra)), *on_ray]
+            return [*hosts.exec(hosts.head, *sweep(root, name, *extra, grid=grid)), *on_ray]
 
         # Without the token, the cluster refuses the driver.
         stranger = {**env, "HOME": str(root)}
         refused = run(*driver("refused", f"--args=[{SMALL}]"), env=stranger, check=False, timeout=300)
         report["refused"] = {"returncode": refused.returncode, "stderr": refused.stderr[-2000:]}
 
-        # 1. The same grid as one stack (one worker) on the cluster and on the local executor.
+        # 1. The same grid as one stack (one worker) on the cluster and, meanwhile, on the local executor.
+        local = subprocess.Popen(
+            sweep(root, "local", f"--args=[{SMALL}]", "--workers=1"),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         stacked = run(
             *driver("on-ray", f"--args=[{SMALL}]", "--workers=1"), env=env, check=False, timeout=600
         )
-        local = run(
-            *sweep(root, "local", f"--args=[{SMALL}]", "--workers=1"), env=env, check=False, timeout=600
-        )
+        _, local_err = local.communicate(timeout=600)
         report["agree"] = {
             "returncodes": [stacked.returncode, local.returncode],
-            "stderr": stacked.stderr[-3000:] + local.stderr[-3000:],
+            "stderr": stacked.stderr[-3000:] + local_err[-3000:],
             "ray": rows(root / "on-ray" / "results.csv"),
             "local": rows(root / "local" / "results.csv"),
         }
@@ -229,10 +234,10 @@ def main() -> None:
             "rows": rows(root / "term" / "results.csv"),
         }
 
-        # 4. The second host lost while it holds a run; a node started there again takes the retried task.
+        # 4. The second host lost while it holds the one run; a node started there again takes its retry.
         lost = root / "lost"
         lost.mkdir()
-        command = driver("lost-node", "--mode=solo", "--ray_retries=3", held(lost))
+        command = driver("lost-node", "--ray_retries=3", held(lost), grid='{"data.scale": [0.3]}')
         sweep_process = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
