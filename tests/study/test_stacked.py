@@ -177,12 +177,14 @@ def test_the_stack_trains_with_the_modules_own_loss(in_tmp, monkeypatch):
 
 def test_a_bad_member_fails_alone_and_the_others_train_as_if_it_were_not_there(in_tmp):
     """One cell's data settings are bad (a negative scale): its run fails with its solo run's message, and
-    the two good runs of the same stack end exactly as in a stack without it, and as their solo runs."""
+    the two good runs of the same stack end exactly as in a stack without it (and so as their solo runs,
+    within test_stacked_and_solo_studies_agree_run_by_run's tolerances)."""
     args = [f"--base_config={DEFAULT_CONFIG}", "--seeds=[0]", "--steps=60", "--root=sweeps", "--workers=1"]
     args += [f"--args=[{', '.join(EXTRA)}]"]
     with_bad, without_bad = '{"data.scale": [0.3, -1.0, 1.0]}', '{"data.scale": [0.3, 1.0]}'
+    bad_alone = '{"data.scale": [-1.0]}'
     rows = {}
-    for name, grid, mode in [("stacked", with_bad, "stacked"), ("solo", with_bad, "solo")]:
+    for name, grid, mode in [("stacked", with_bad, "stacked"), ("solo", bad_alone, "solo")]:
         with pytest.raises(SystemExit, match="1 runs failed"):
             main([*args, f"--grid={grid}", f"--name={name}", f"--mode={mode}"])
     main([*args, f"--grid={without_bad}", "--name=good_only", "--mode=stacked"])
@@ -194,20 +196,11 @@ def test_a_bad_member_fails_alone_and_the_others_train_as_if_it_were_not_there(i
     assert "scale must lie between 1e-06 and 1e+06, got -1.0" in rows["stacked"][bad]["error"]
     assert rows["stacked"][bad]["error"] == rows["solo"][bad]["error"]
     for run in ("scale=0.3,seed=0", "scale=1,seed=0"):
-        assert rows["stacked"][run]["status"] == rows["solo"][run]["status"] == "ok"
+        assert rows["stacked"][run]["status"] == rows["good_only"][run]["status"] == "ok"
         weights = {
             name: network_weights(in_tmp / "sweeps" / name / "runs" / run)
-            for name in ("stacked", "solo", "good_only")
+            for name in ("stacked", "good_only")
         }
         # As if the bad member were not there: the same weights and test metrics as the stack without it.
         assert all(torch.equal(weights["stacked"][n], weights["good_only"][n]) for n in weights["stacked"])
         assert rows["stacked"][run]["test/acc"] == rows["good_only"][run]["test/acc"]
-        # And as its solo run, within what stacking's batched arithmetic changes (test_stacked_and_solo...).
-        assert (
-            max((weights["stacked"][n] - weights["solo"][n]).abs().max().item() for n in weights["solo"])
-            < 1e-3
-        )
-        tolerance = max(2 * float(rows["solo"][run]["test/acc_gap_se"]), 0.003)
-        assert (
-            abs(float(rows["stacked"][run]["test/acc"]) - float(rows["solo"][run]["test/acc"])) <= tolerance
-        )
