@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
@@ -126,53 +127,68 @@ def forward_problem(network: nn.Module, features: Tensor) -> str | None:
 class StackedBatches:
     """Each optimizer step's batches of all members, ``(features [K, B, d], targets [K, B, 1], mask [K, B])``:
     member ``k``'s rows are the batch its solo run would take at that step (its own epochs, its own
-    per-epoch shuffle), padded to the batch size; the mask marks real rows."""
+    per-epoch shuffle), padded to the batch size; the mask marks real rows.
+
+    Every member's training rows lie one after another in one tensor, as the network sees them (a data
+    module's transform acts on each row alone, as it does on a whole split for validation). A step's
+    batches are then one gather, of row numbers laid out ``chunk`` steps at a time from each member's own
+    batch order."""
 
     def __init__(
-        self, members: list[Member], batch_size: int, steps: int, device: str | torch.device = "cpu"
+        self,
+        members: list[Member],
+        batch_size: int,
+        steps: int,
+        device: str | torch.device = "cpu",
+        chunk: int = 128,
     ) -> None:
-        self.members, self.batch_size, self.steps, self.device = (
-            members,
-            batch_size,
-            steps,
-            torch.device(device),
-        )
+        self.members, self.batch_size, self.steps, self.chunk = members, batch_size, steps, chunk
+        self.device = torch.device(device)
+        sets = [member.datamodule.train_set for member in members]
         # On the device once, as a solo run's in-memory batches are: no step copies data from the host.
-        self.sets = [
-            type(member.datamodule.train_set)(*(t.to(self.device) for t in member.datamodule.train_set))
-            for member in members
-        ]
+        self.features = torch.cat(
+            [member.datamodule.transform(data.features) for member, data in zip(members, sets, strict=True)]
+        ).to(self.device)
+        self.targets = torch.cat([data.targets for data in sets]).to(self.device)
+        sizes = torch.tensor([len(data.features) for data in sets])
+        self.first_rows = (torch.cumsum(sizes, 0) - sizes).tolist()  # where each member's rows begin
         self.samplers = [
             EpochBatchSampler(len(data.features), batch_size, shuffle=True, seed=member.datamodule.seed)
-            for member, data in zip(members, self.sets, strict=True)
+            for member, data in zip(members, sets, strict=True)
         ]
 
     def __len__(self) -> int:
         return self.steps
 
     def _member_batches(self, k: int) -> Iterator[Tensor]:
-        sampler, epoch = self.samplers[k], 0
+        """Member ``k``'s batches, ``chunk`` at a time: ``[chunk, B]`` row numbers in the stacked rows, with
+        ``-1`` where a short last batch of an epoch ends."""
+        sampler, epoch, pending = self.samplers[k], 0, []
+        ready = 0  # batches in ``pending``
         while True:
-            sampler.set_epoch(epoch)
-            order = sampler.shard()
-            for start, stop in sampler.batch_bounds(len(order)):
-                yield order[start:stop]
-            epoch += 1
+            while ready < self.chunk:
+                sampler.set_epoch(epoch)
+                order = sampler.shard() + self.first_rows[k]
+                # A training epoch's batches are its order cut every B rows (EpochBatchSampler.batch_bounds),
+                # the last one short: the order padded to whole batches.
+                batches = len(sampler.batch_bounds(len(order)))
+                padding = batches * self.batch_size - len(order)
+                pending.append(F.pad(order, (0, padding), value=-1).view(batches, self.batch_size))
+                ready += batches
+                epoch += 1
+            batches = torch.cat(pending)
+            yield batches[: self.chunk]
+            pending, ready = [batches[self.chunk :]], ready - self.chunk
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         streams = [self._member_batches(k) for k in range(len(self.members))]
-        dim = self.sets[0].features.shape[1]
-        for _ in range(self.steps):
-            features = torch.zeros(len(streams), self.batch_size, dim, device=self.device)
-            targets = torch.zeros(len(streams), self.batch_size, 1, device=self.device)
-            mask = torch.zeros(len(streams), self.batch_size, device=self.device)
-            for k, stream in enumerate(streams):
-                rows = next(stream).to(self.device)
-                data, member = self.sets[k], self.members[k]
-                features[k, : len(rows)] = member.datamodule.transform(data.features[rows])
-                targets[k, : len(rows)] = data.targets[rows]
-                mask[k, : len(rows)] = 1.0
-            yield features, targets, mask
+        for step in range(self.steps):
+            if step % self.chunk == 0:  # the next chunk of steps: [K, chunk, B] rows, and the real ones
+                rows = torch.stack([next(stream) for stream in streams]).to(self.device)
+                real = rows >= 0
+                rows, mask = torch.where(real, rows, 0), real.float()
+            index = rows[:, step % self.chunk]
+            yield self.features[index], self.targets[index], mask[:, step % self.chunk]
 
 
 def _stacked_split(members: list[Member], name: str) -> tuple[Tensor, Tensor, Tensor]:
