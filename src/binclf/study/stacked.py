@@ -5,7 +5,8 @@ together.
 A 4 K-parameter network is too small to keep a core busy, and Lightning's machinery costs as much per step
 as its arithmetic. Stacked, each parameter of the K members' networks is one tensor with the members along
 its first dimension (``torch.func.stack_module_state``), and one ``torch.func.vmap`` runs every member's
-forward and per-sample loss in one batched pass; Lightning's cost per step is shared by K members.
+forward and per-sample loss in one batched pass. The stack's own plain loop steps it: nothing runs per step
+but the members' arithmetic and their bookkeeping.
 
 Nothing about training is defined here. Each member is the ``BinaryClassifier`` that ``binclf fit`` builds
 for its run, and the stack uses that module's network (``functional_call``), loss (``sample_losses``),
@@ -241,11 +242,14 @@ def training_settings(model: BinaryClassifier) -> str:
     return json.dumps(chosen, sort_keys=True, default=repr)
 
 
-class StackedClassifier(LightningModule):
+class StackedClassifier(nn.Module):
     """Trains the members as one stack; see the module's docstring for what each member keeps of its solo run.
 
     Validation runs every ``val_every`` steps on each member's whole validation set. ``log_every`` is the
     solo runs' ``log_every_n_steps``: each member's training loss is kept at those steps for its curve.
+
+    Its loop is the plain one in :meth:`fit`: the stack steps its own optimizers, validates on its own
+    schedule and keeps its own records, so a Trainer around it would only add its per-step cost.
     """
 
     def __init__(
@@ -258,12 +262,9 @@ class StackedClassifier(LightningModule):
         progress_file: Path | None = None,
     ) -> None:
         super().__init__()
-        # Steps done and due, for the sweep's progress lines: written a hundred times in all, at most.
         self.progress_file, self.progress_stride = progress_file, max(1, steps // 100)
-        # An optimizer and scheduler per group of members with the same settings, stepped here: a scheduler
-        # follows its members' epochs, which Lightning's loop, seeing one long epoch of the stack, does not
-        # know; so members with a scheduler group by epoch length too.
-        self.automatic_optimization = False
+        # An optimizer and scheduler per group of members with the same settings: a scheduler steps at its
+        # members' epochs' ends, so members with a scheduler group by epoch length too.
         by_settings: dict[tuple[int | None, str], list[Member]] = {}
         for member in members:
             length = member.steps_per_epoch if member.model.lr_scheduler is not None else None
@@ -275,12 +276,11 @@ class StackedClassifier(LightningModule):
             self.members += group
         self.groups = nn.ModuleList(groups)
         self.val_every, self.log_every, self.batch_size, self.steps = val_every, log_every, batch_size, steps
-        self.schedulers: list[Any] = []
         self.train_losses: list[tuple[int, list[float]]] = []  # numbers: kept tensors would pin freed memory
         # Each member's loss summed over its rows, and its rows counted, since its epoch began: its epoch's
         # mean, as the solo run's ``train_loss`` metric takes it (batch means weighted by batch size).
-        self.epoch_loss_sums = torch.zeros(len(self.members))
-        self.epoch_rows = torch.zeros(len(self.members))
+        self.register_buffer("epoch_loss_sums", torch.zeros(len(self.members)), persistent=False)
+        self.register_buffer("epoch_rows", torch.zeros(len(self.members)), persistent=False)
         self.members_by_epoch_length: dict[int, list[int]] = {}
         for k, member in enumerate(self.members):
             self.members_by_epoch_length.setdefault(member.steps_per_epoch, []).append(k)
@@ -309,7 +309,33 @@ class StackedClassifier(LightningModule):
         logits = functional_call(model.network, (parameters, buffers), (features,))
         return logits, model.sample_losses(logits, targets)
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+    @property
+    def device(self) -> torch.device:
+        return self.groups[0].stacked[0].device
+
+    def fit(self) -> None:
+        """Every optimizer step of the stack; each member's scheduler steps at its epochs' ends, and each
+        member is validated every ``val_every`` steps, as its solo run's ``val_check_interval``."""
+        for member in self.members:  # their metrics and calibration are updated where the stack computes
+            member.model.to(self.device)
+        validation_split = tuple(part.to(self.device) for part in _stacked_split(self.members, "val_set"))
+        optimizers, schedulers = self.optimizers_and_schedulers()
+        batches = StackedBatches(self.members, self.batch_size, self.steps, self.device)
+        for batch_idx, batch in enumerate(batches):
+            self.training_step(batch, batch_idx, optimizers)
+            step = batch_idx + 1  # optimizer steps taken, as a solo run's global_step now
+            self.record_progress(step)
+            self.end_epochs(step)
+            for group, scheduler in zip(self.groups, schedulers, strict=True):
+                if scheduler is not None and step % group.steps_per_epoch == 0:
+                    scheduler.step()
+            if step % self.val_every == 0:
+                self.validate(step, validation_split)
+
+    def training_step(
+        self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, optimizers: list[torch.optim.Optimizer]
+    ) -> None:
+        """One optimizer step of every member, on its own rows of ``batch``."""
         features, targets, mask = batch
         _, sample_losses = self.member_outputs(features, targets)
         rows = mask.sum(dim=1)
@@ -326,25 +352,20 @@ class StackedClassifier(LightningModule):
             self.train_losses.append((batch_idx, losses.detach().tolist()))
         self.epoch_loss_sums += losses.detach() * rows  # batch mean times rows, as the solo run sums it
         self.epoch_rows += rows
-        optimizers = self.optimizers(use_pl_optimizer=False)
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         for optimizer in optimizers:
             optimizer.zero_grad()
         # The sum, not the mean: each member's gradient is its own loss's, as in its solo run. A member that
         # diverged contributes nothing more (its own weights are lost already).
-        self.manual_backward(torch.where(finite, losses, torch.zeros_like(losses)).sum())
+        torch.where(finite, losses, torch.zeros_like(losses)).sum().backward()
         for optimizer in optimizers:
             optimizer.step()
-        step = batch_idx + 1  # optimizer steps taken, as a solo run's global_step now
+
+    def record_progress(self, step: int) -> None:
+        """Keep the steps done and due in the progress file, for the sweep's progress lines: a hundred
+        times in all, at most."""
         if self.progress_file is not None and (step % self.progress_stride == 0 or step == self.steps):
             with contextlib.suppress(OSError):  # a line the sweep prints, not worth a run
                 atomic_write(self.progress_file, lambda tmp: tmp.write_text(f"{step} {self.steps}\n"))
-        self.end_epochs(step)
-        for group, scheduler in zip(self.groups, self.schedulers, strict=True):
-            if scheduler is not None and step % group.steps_per_epoch == 0:
-                scheduler.step()
-        if step % self.val_every == 0:  # as the solo runs' val_check_interval
-            self.validate(step)
 
     def end_epochs(self, step: int) -> None:
         """Record the training loss's mean over the epoch of each member whose epoch ends at ``step``, and
@@ -364,19 +385,11 @@ class StackedClassifier(LightningModule):
         self.epoch_loss_sums[ended] = 0.0
         self.epoch_rows[ended] = 0.0
 
-    def on_fit_start(self) -> None:
-        self.epoch_loss_sums = self.epoch_loss_sums.to(self.device)
-        self.epoch_rows = self.epoch_rows.to(self.device)
-        for member in self.members:  # their metrics and calibration are updated where the stack computes
-            member.model.to(self.device)
-        self.validation_split = tuple(
-            part.to(self.device) for part in _stacked_split(self.members, "val_set")
-        )
-
     @torch.no_grad()
-    def validate(self, step: int) -> None:
-        """Each member's validation through its own module; a lower loss keeps its weights."""
-        features, targets, mask = self.validation_split
+    def validate(self, step: int, split: tuple[Tensor, Tensor, Tensor]) -> None:
+        """Each member's validation on its own rows of ``split`` (:func:`_stacked_split`), through its own
+        module; a lower loss keeps its weights."""
+        features, targets, mask = split
         logits, sample_losses = self.member_outputs(features, targets)
         for k, member in enumerate(self.members):
             if member.failure is not None:
@@ -414,18 +427,16 @@ class StackedClassifier(LightningModule):
                 return group.member_weights(k - group.rows.start)
         raise IndexError(k)
 
-    def train_dataloader(self) -> StackedBatches:
-        return StackedBatches(self.members, self.batch_size, self.steps, self.device)
-
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """Each group's optimizer and scheduler, built by its members' module from their own settings."""
-        optimizers, self.schedulers = [], []
+    def optimizers_and_schedulers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+        """Each group's optimizer and scheduler (or ``None``), built by its members' module from their own
+        settings."""
+        optimizers, schedulers = [], []
         for group in self.groups:
             model = group.model[0]
             optimizers.append(model.optimizer(group.parameters()))
             scheduled = model.lr_scheduler is not None
-            self.schedulers.append(model.lr_scheduler(optimizers[-1]) if scheduled else None)
-        return optimizers
+            schedulers.append(model.lr_scheduler(optimizers[-1]) if scheduled else None)
+        return optimizers, schedulers
 
 
 class TrainedTo(Callback):
@@ -477,17 +488,8 @@ def train_stack(
     for member in members:
         member.steps_per_epoch = epoch_length(member, batch_size)
     module = StackedClassifier(members, val_every, log_every, batch_size, steps, progress_file)
-    trainer = Trainer(
-        max_epochs=1,  # the stack's one pass over its ``steps`` batches; each member counts its own epochs
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator=accelerator,
-        devices=1,
-    )
-    trainer.fit(module)
+    module.to(device_of(accelerator))
+    module.fit()
     for step, losses in module.train_losses:
         for k, member in enumerate(module.members):
             member.logger.log_metrics({"loss/train_step": losses[k]}, step)
@@ -495,6 +497,13 @@ def train_stack(
         for step, mean in member.epoch_losses:
             member.logger.log_metrics({"loss/train_epoch": mean}, step - 1)
     return module
+
+
+def device_of(accelerator: str) -> torch.device:
+    """The one device that a run's ``trainer.accelerator`` (``cpu``, ``gpu``, ``auto``, ...) gives it, as
+    Lightning chooses it."""
+    trainer = Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False)
+    return trainer.strategy.root_device
 
 
 def finish_member(member: Member, directory: Path, accelerator: str = "cpu") -> dict[str, float]:
