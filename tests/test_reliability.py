@@ -19,10 +19,10 @@ from helpers import DEFAULT_CONFIG, SMALL
 
 from binclf import cli
 from binclf.checkpoint import CheckpointError, load_checkpoint
+from binclf.checkpoint_io import SafeCheckpointIO
 from binclf.main import cli_main
 from binclf.monitoring.tensorboard import HPARAMS_FILE
 from binclf.runs import best_checkpoint
-from binclf.safe_io import SafeCheckpointIO
 
 SCRIPT = str(Path(sys.executable).parent / "binclf")
 EPOCHS = 6

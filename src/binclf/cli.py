@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from binclf.checkpoint import as_config, check_weights, evaluated_model, restore_data_state
+from binclf.checkpoint_io import SafeCheckpointIO
 from binclf.command import after_failure, check_config_files, check_settings, config_files
 from binclf.data.contract import what_it_misses
 from binclf.limits import require_memory
@@ -37,7 +38,7 @@ from binclf.monitoring.tensorboard import hparams_row, tested_on, write_hparams_
 from binclf.oracle import scoring_callbacks
 from binclf.parser import BinclfArgumentParser, unknown_command
 from binclf.runs import Decision, Request, RunFolder, check_run_name, checkpoint_filename, decide
-from binclf.safe_io import SafeCheckpointIO, atomic_write
+from binclf.safe_io import atomic_write
 from binclf.usage import SUBCOMMANDS, answered_at_once
 from binclf.workarounds import NullProfiler, hyperparameters_of
 

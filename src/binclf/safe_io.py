@@ -1,20 +1,14 @@
 """Files written whole or not at all: everything binclf writes (checkpoints, figures, predictions, a sweep's
-results) goes through :func:`atomic_write`, and Lightning's checkpoints through :class:`SafeCheckpointIO`,
-which also reads them as :mod:`binclf.checkpoint` does: as plain data, checked. Every cell of a CSV file
-binclf writes goes through :func:`spreadsheet_safe`."""
+results) goes through :func:`atomic_write` (Lightning's checkpoints through
+:class:`binclf.checkpoint_io.SafeCheckpointIO`). Every cell of a CSV file binclf writes goes through
+:func:`spreadsheet_safe`. The standard library only: a sweep's own process writes its results with these
+and never loads torch or Lightning."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
-from lightning.fabric.plugins import TorchCheckpointIO
-
-from binclf.checkpoint import load_checkpoint
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -40,37 +34,3 @@ def spreadsheet_safe(value: object) -> str:
         except ValueError:
             return "'" + text
     return text
-
-
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O, made safe for files on local disk.
-
-    - Save: :func:`atomic_write`. A process killed mid-write leaves the previous checkpoint whole (and
-      a stray ``.tmp`` file). No fsync: this guards against a killed process, not against a power cut.
-    - Load: :func:`load_checkpoint`, plain data only. ``checked`` is a checkpoint the CLI has already read
-      and checked, ``(path, contents)``: Lightning gets those contents for that path once, instead of
-      reading the file again, which someone could have replaced in between.
-    """
-
-    def __init__(self, checked: tuple[Path, dict[str, Any]] | None = None) -> None:
-        super().__init__()
-        self._checked = checked
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        if storage_options is not None or "://" in str(path):
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
-        except RuntimeError:  # torch reports a failed write (a full disk, say) as a RuntimeError
-            free = shutil.disk_usage(path.parent).free
-            raise OSError(f"could not write checkpoint {path} ({free:,} bytes free on its disk)") from None
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        # ``weights_only`` is ignored on purpose: every load here is plain data only.
-        if self._checked is not None and Path(path).resolve() == self._checked[0].resolve():
-            (_, contents), self._checked = self._checked, None
-            return contents
-        return load_checkpoint(path, map_location=map_location or (lambda storage, loc: storage))
