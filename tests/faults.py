@@ -15,6 +15,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
 from binclf.data import TwoGaussianDataModule
+from binclf.networks import MLP
 from binclf.workarounds import NullProfiler
 
 
@@ -95,22 +96,22 @@ class CountingProfiler(NullProfiler):
         return super().profile(action_name)
 
 
-class HeldAtBatch(TwoGaussianDataModule):
-    """The article's data, whose process is held as it transforms its ``batch``-th batch (counting from 1,
-    every split alike), having written ``folder/held``, until ``folder/go`` exists: a stack stopped at a
-    known step. Each member of a stack has its own data module and count."""
+class HeldAtCall(MLP):
+    """The MLP, whose process is held as it computes its ``call``-th forward pass, having written
+    ``folder/held``, until ``folder/go`` exists: a stack stopped at a known step, since a stack computes all
+    its members' forward passes in one call of its first member's network a step."""
 
-    def __init__(self, folder: str, batch: int, **settings) -> None:
+    def __init__(self, folder: str, call: int, **settings) -> None:
         super().__init__(**settings)
-        self.folder, self.batch, self.seen = Path(folder), batch, 0
+        self.folder, self.call, self.calls = Path(folder), call, 0
 
-    def transform(self, features: torch.Tensor) -> torch.Tensor:
-        self.seen += 1
-        if self.seen == self.batch:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.call:
             (self.folder / "held").touch()
-        while self.seen == self.batch and not (self.folder / "go").exists():
+        while self.calls == self.call and not (self.folder / "go").exists():
             time.sleep(0.05)  # waits on a file the test creates, not on a clock
-        return super().transform(features)
+        return super().forward(x)
 
 
 class HoldAtTrainStart(Callback):

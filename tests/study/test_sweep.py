@@ -680,14 +680,15 @@ def test_a_table_study_reports_what_a_table_has_and_no_bayes_rule(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_into_a_pipe_says_how_far_each_running_stack_is(tmp_path):
-    """A stack held at a known step (its data module waits for a file as it gives the 12th batch of each
-    member), and a progress line every 0.2 s: the lines say how many steps of how many the stack has done,
-    the held step among them, and the sweep ends normally once let go."""
+    """A stack held at a known step (its network waits for a file as it computes its 12th forward pass),
+    and a progress line every 0.2 s: the lines say how many steps of how many the stack has done, the held
+    step among them, and the sweep ends normally once let go."""
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    config["data"] = {
-        "class_path": "faults.HeldAtBatch",
-        "init_args": {"folder": str(tmp_path), "batch": 12, "num_samples": 200, "num_val_samples": 200},
+    config["model"]["network"] = {
+        "class_path": "faults.HeldAtCall",
+        "init_args": {"folder": str(tmp_path), "call": 12, "hidden_sizes": [64, 64]},
     }
+    config["data"] |= {"num_samples": 200, "num_val_samples": 200}
     (tmp_path / "held.yaml").write_text(yaml.safe_dump(config))
     command = [str(Path(sys.executable).parent / "binclf-sweep"), f"--base_config={tmp_path / 'held.yaml'}"]
     command += ['--grid={"data.scale": [0.3, 1.0]}', "--steps=100", "--workers=1", "--progress_every=0.2"]

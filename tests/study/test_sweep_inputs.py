@@ -290,14 +290,14 @@ def test_results_csv_cells_cannot_run_as_formulas(in_work):
     assert optimizers == ["'" + formula, "'-1+2", "SGD", "-0.5"]  # a negative number stays a number
 
 
-# The sweep's check of its runs' arguments starts `python -m binclf ... --print_config`: this makes that
-# process write its pid into the pipe that HOLD_PRINT_CONFIG names, then wait for a signal.
-HOLD_THE_CHECK = """
-import os, signal, sys
-if os.environ.get("HOLD_PRINT_CONFIG") and sys.argv[-1:] == ["--print_config"]:
-    with open(os.environ["HOLD_PRINT_CONFIG"], "w") as pipe:
-        pipe.write(str(os.getpid()))
-    signal.pause()
+# The sweep checks its runs' arguments in a worker, whose parser imports the module a class path names: this
+# module, imported there, writes the worker's pid into the pipe that HOLD_THE_CHECK names, then waits for a
+# signal.
+HELD_IMPORT = """
+import os, signal
+with open(os.environ["HOLD_THE_CHECK"], "w") as pipe:
+    pipe.write(str(os.getpid()))
+signal.pause()
 """
 
 
@@ -311,15 +311,17 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_sigterm_while_the_sweep_checks_its_arguments_leaves_no_process(tmp_path):
-    """The sweep's child is held at a known point, having said its pid; then the sweep gets SIGTERM. Once
-    the sweep has exited, the child must be gone too, not left running with parent 1."""
+    """The worker that checks the arguments is held at a known point (importing the network's module),
+    having said its pid; then the sweep gets SIGTERM. Once the sweep has exited, the worker must be gone
+    too, not left running without it."""
     (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(HOLD_THE_CHECK)
+    (tmp_path / "site" / "held_import.py").write_text(HELD_IMPORT)
     pipe = tmp_path / "pid"
     os.mkfifo(pipe)
     reader = os.open(pipe, os.O_RDWR)  # open for writing too, so neither end waits for the other
-    env = os.environ | {"PYTHONPATH": str(tmp_path / "site"), "HOLD_PRINT_CONFIG": str(pipe)}
+    env = os.environ | {"PYTHONPATH": str(tmp_path / "site"), "HOLD_THE_CHECK": str(pipe)}
     arguments = [f"--base_config={DEFAULT_CONFIG}", *ONE_CELL, f"--root={tmp_path / 'sweeps'}"]
+    arguments.append("--args=[--model.network=held_import.Network]")
     sweep_process = subprocess.Popen(
         [sys.executable, "-m", "binclf.study.sweep", *arguments],
         env=env,

@@ -299,6 +299,29 @@ def training_histogram(datamodule: Any, bins: int = 50) -> dict[str, list[float]
     }
 
 
+def fit_refusal(args: list[str]) -> str | None:
+    """What ``binclf`` says when it refuses a run's arguments (``fit ...``), its error line without the
+    ``binclf: error:`` prefix; ``None`` when it accepts them. Parsed as ``binclf <args> --print_config``
+    parses them, in this worker: nothing is built."""
+    import tempfile
+
+    from binclf.main import cli_main
+
+    with tempfile.TemporaryDirectory() as folder:
+        output = Path(folder) / "output"
+        try:
+            with _output_to(output):
+                cli_main([*args, "--print_config"])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        if code in (0, None):
+            return None
+        said = code if isinstance(code, str) else output.read_text().strip()  # a message, or a status
+        lines = said.splitlines() or [f"exit status {code}"]
+    return lines[-1].removeprefix("binclf: error: ")
+
+
 def worker_start() -> None:
     """Set up one of the sweep's worker processes."""
     import torch

@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import signal
 import stat
-import subprocess
 import sys
 import time
 from argparse import ArgumentError
@@ -39,7 +38,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from binclf.command import EXIT_STATUS, Terminated, check_config_files, error_message, raise_on_sigterm
 from binclf.paths import inside, regular_file
-from binclf.study.execute import PROGRESS, lost, read_progress, run_task, worker_start
+from binclf.study.execute import PROGRESS, fit_refusal, lost, read_progress, run_task, worker_start
 from binclf.study.plan import STACKABLE, Run, finished, plan, read_result, stack_key, tasks
 
 _FIRST_COLUMNS = ["run", "seed", "status"]
@@ -75,15 +74,27 @@ class StopOnce:
 
 
 def check_arguments(run: Run) -> None:
-    """Parse one run's ``binclf fit`` arguments as ``binclf`` would, in a process of its own (the sweep
+    """Parse one run's ``binclf fit`` arguments as ``binclf`` would, in a worker process (the sweep itself
     never loads Lightning): a grid key or an argument that no ``fit`` accepts is refused before any run."""
-    command = [sys.executable, "-m", "binclf", *run.args, "--print_config"]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
-        raise ValueError(
-            f"binclf fit refuses the runs' arguments: {lines[-1].removeprefix('binclf: error: ')}"
-        )
+    with _worker_pool(1) as pool:
+        refusal = pool.submit(fit_refusal, run.args).result()
+    if refusal is not None:
+        raise ValueError(f"binclf fit refuses the runs' arguments: {refusal}")
+
+
+@contextlib.contextmanager
+def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """``workers`` worker processes (:func:`_worker_context`). Stopped, the sweep ends them first: no run,
+    and no check, may go on without the sweep that started it."""
+    with ProcessPoolExecutor(workers, mp_context=_worker_context(), initializer=worker_start) as pool:
+        try:
+            yield pool
+        except BaseException:
+            for signal_number in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut this short
+                signal.signal(signal_number, signal.SIG_IGN)
+            pool.shutdown(wait=False, cancel_futures=True)
+            _end_workers()
+            raise
 
 
 @contextlib.contextmanager
@@ -274,24 +285,17 @@ def run_sweep(
 
 
 def _run_here(work: list[list[Run]], workers: int, progress: Progress) -> None:
-    with ProcessPoolExecutor(workers, mp_context=_worker_context(), initializer=worker_start) as pool:
-        try:
-            futures = {pool.submit(run_task, task): task for task in work}
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, timeout=progress.seconds_to_next(), return_when=FIRST_COMPLETED)
-                for future in done:
-                    try:
-                        progress.record(future.result())
-                    except Exception as error:  # the worker process itself died
-                        progress.record(lost(futures[future], error))
-                progress.tick([futures[future] for future in pending if future.running()])
-        except BaseException:  # stopped: no run may go on without the sweep that started it
-            for signal_number in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut this short
-                signal.signal(signal_number, signal.SIG_IGN)
-            pool.shutdown(wait=False, cancel_futures=True)
-            _end_workers()
-            raise
+    with _worker_pool(workers) as pool:
+        futures = {pool.submit(run_task, task): task for task in work}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=progress.seconds_to_next(), return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    progress.record(future.result())
+                except Exception as error:  # the worker process itself died
+                    progress.record(lost(futures[future], error))
+            progress.tick([futures[future] for future in pending if future.running()])
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
