@@ -9,7 +9,7 @@ import torch
 from binclf.data import TwoGaussianDataModule
 from binclf.data.batches import EpochBatchSampler, InMemoryBatches
 from binclf.data.gaussians import logistic_llr_floor
-from binclf.metrics import INFORMATIVE_LLR
+from binclf.llr import INFORMATIVE_LLR
 
 
 def make(stage: str = "fit", **kwargs) -> TwoGaussianDataModule:

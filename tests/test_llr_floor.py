@@ -12,7 +12,7 @@ from binclf.data.gaussians import (
     logistic_llr_floor,
     normal_cdf,
 )
-from binclf.metrics import INFORMATIVE_LLR
+from binclf.llr import INFORMATIVE_LLR
 
 
 def monte_carlo_llr_rmse(separation: float, dim: int, num_per_class: int, fits: int, seed: int) -> float:

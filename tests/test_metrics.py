@@ -11,7 +11,8 @@ import torch
 from helpers import DEFAULT_CONFIG, SMALL
 
 from binclf.cli import run_command
-from binclf.metrics import INFORMATIVE_LLR, LinearFit, PairedAccuracyGap
+from binclf.llr import INFORMATIVE_LLR
+from binclf.metrics import LinearFit, PairedAccuracyGap
 
 
 def test_paired_accuracy_gap_is_the_mean_difference_and_its_standard_error():

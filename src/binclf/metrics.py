@@ -6,11 +6,6 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-# llr_rmse compares the logit with the true log-likelihood ratio only where |llr| <= this (posterior between
-# 0.018 and 0.982). Far out in the tails nearly every sample has one label, so the data cannot pin the llr
-# down and no classifier trained on it is expected to follow it.
-INFORMATIVE_LLR = 4.0
-
 
 class PairedAccuracyGap(Metric):
     """Mean of ``reference_correct − model_correct`` over the same points, with its standard error.

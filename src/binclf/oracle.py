@@ -22,7 +22,8 @@ from torchmetrics import MeanMetric, MeanSquaredError
 from torchmetrics.classification import BinaryAccuracy
 
 from binclf.data.contract import has_oracle
-from binclf.metrics import INFORMATIVE_LLR, LinearFit, PairedAccuracyGap
+from binclf.llr import INFORMATIVE_LLR
+from binclf.metrics import LinearFit, PairedAccuracyGap
 from binclf.workarounds import once_per_point
 
 

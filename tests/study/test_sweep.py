@@ -723,11 +723,12 @@ def test_a_sweep_into_a_pipe_says_how_far_each_running_stack_is(tmp_path):
     assert "run scale=1,seed=0: ok" in "\n".join(lines)
 
 
-def test_the_sweeps_own_process_writes_its_results_without_torch_or_lightning():
-    """results.csv is written through binclf.safe_io, which needs only the standard library: the sweep's own
-    process loads neither torch nor Lightning to write it (its workers do, to train)."""
+def test_the_sweeps_own_process_writes_its_results_and_report_without_torch_or_lightning():
+    """results.csv is written through binclf.safe_io, which needs only the standard library, and the report
+    drawn with matplotlib: the sweep's own process loads neither torch nor Lightning (its workers do, to
+    train), whose import and teardown would add seconds to every sweep."""
     code = (
-        "import sys, binclf.study.sweep, binclf.safe_io; "
+        "import sys, binclf.study.sweep, binclf.safe_io, binclf.study.report; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'torch')))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

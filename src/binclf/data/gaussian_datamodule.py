@@ -12,7 +12,7 @@ from torch import Tensor
 from binclf.data.gaussians import TwoGaussians
 from binclf.data.in_memory import InMemoryDataModule, LabelledData, check_standardisation
 from binclf.limits import require_memory
-from binclf.metrics import INFORMATIVE_LLR
+from binclf.llr import INFORMATIVE_LLR
 
 # Each split draws from its own child of the data seed, so changing one split's size leaves the others as
 # they were: the test set is the same points whatever the training size.

@@ -17,7 +17,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelSummary, TQDMProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from binclf.metrics import INFORMATIVE_LLR
+from binclf.llr import INFORMATIVE_LLR
 from binclf.module import CALIBRATION_BINS
 
 

@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from binclf.metrics import INFORMATIVE_LLR
+from binclf.llr import INFORMATIVE_LLR
 
 
 def to_image(figure: Figure) -> np.ndarray:

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import imsave
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-from binclf.metrics import INFORMATIVE_LLR
+from binclf.llr import INFORMATIVE_LLR
 from binclf.monitoring.plotting import to_image
 from binclf.safe_io import atomic_write
 from binclf.study.plan import value_name
