@@ -23,7 +23,7 @@ from binclf.command import Terminated
 from binclf.data.gaussians import normal_cdf
 from binclf.study import report as report_module
 from binclf.study import sweep
-from binclf.study.execute import run_task
+from binclf.study.execute import SWEEP_PROCESS, run_task
 from binclf.study.plan import OWNED, finished, plan
 from binclf.study.report import efficiency_figure, report
 from binclf.study.sweep import StopOnce, main
@@ -733,3 +733,14 @@ def test_the_sweeps_own_process_writes_its_results_and_report_without_torch_or_l
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_only_the_sweeps_forkserver_ends_without_teardown():
+    """The module the forkserver preloads makes the process end at once (status 0, skipping the rest) only
+    where its parent is the sweep that the environment names; anywhere else it changes nothing."""
+    code = "import sys, binclf.study.forkserver; sys.exit(3)"
+    for parent, status in [(str(os.getpid()), 0), ("1", 3)]:
+        environment = os.environ | {SWEEP_PROCESS: parent}
+        command = [sys.executable, "-c", code]
+        result = subprocess.run(command, env=environment, capture_output=True, check=False)
+        assert result.returncode == status, result.stderr[-2000:]

@@ -38,7 +38,15 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from binclf.command import EXIT_STATUS, Terminated, check_config_files, error_message, raise_on_sigterm
 from binclf.paths import inside, regular_file
-from binclf.study.execute import PROGRESS, fit_refusal, lost, read_progress, run_task, worker_start
+from binclf.study.execute import (
+    PROGRESS,
+    SWEEP_PROCESS,
+    fit_refusal,
+    lost,
+    read_progress,
+    run_task,
+    worker_start,
+)
 from binclf.study.plan import STACKABLE, Run, finished, plan, read_result, stack_key, tasks
 
 _FIRST_COLUMNS = ["run", "seed", "status"]
@@ -304,8 +312,9 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     fresh interpreter that imports it all itself."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
+    os.environ[SWEEP_PROCESS] = str(os.getpid())  # for the server to know itself (binclf.study.forkserver)
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["binclf.study.execute", "binclf.cli"])
+    context.set_forkserver_preload(["binclf.study.forkserver"])
     return context
 
 
