@@ -744,3 +744,17 @@ def test_only_the_sweeps_forkserver_ends_without_teardown():
         command = [sys.executable, "-c", code]
         result = subprocess.run(command, env=environment, capture_output=True, check=False)
         assert result.returncode == status, result.stderr[-2000:]
+
+
+def test_at_a_terminal_the_sweep_waits_on_its_tasks_instead_of_polling(monkeypatch):
+    """At a terminal the progress bar shows how far the sweep is and no progress line is ever due, so the
+    sweep waits on its tasks with no timeout; into a file, until the next line."""
+    runs = plan(str(DEFAULT_CONFIG), {"data.scale": [0.3, 1.0]}, [0], [], Path("s"), 1, None)
+    into_a_file = sweep.Progress(runs, "stacked", every=30.0)
+    assert 0.0 < into_a_file.seconds_to_next() <= 30.0
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    at_a_terminal = sweep.Progress(runs, "stacked", every=0.0)
+    try:
+        assert at_a_terminal.seconds_to_next() is None
+    finally:
+        at_a_terminal.close()

@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,20 +112,22 @@ def run_on_ray(
     *,
     mode: str,
     workers: int,
-    record: Callable[[list[dict[str, Any]]], None],
+    progress: Any,
     address: str | None,
     cpus: float,
     gpus: float,
     retries: int,
 ) -> None:
-    """Run ``runs`` (stacked or solo) as Ray tasks, passing each task's results to ``record`` as it ends.
+    """Run ``runs`` (stacked or solo) as Ray tasks, passing each task's results to ``progress.record`` as it
+    ends, and, every so often, the stacks that have begun to ``progress.tick``: each writes its steps into
+    its first run's folder, on the storage every node shares with the sweep.
 
     ``address`` is the cluster (``host:port``, or ``auto`` inside a Ray job); ``None`` starts Ray on this
     machine. Each task asks for ``cpus`` CPUs and ``gpus`` GPUs; with ``workers`` 0, the runs are spread
     over as many stacks as the cluster fits such tasks. A task lost with its node is tried again up to
     ``retries`` times. Stopped (Ctrl-C, SIGTERM), every task still pending is cancelled.
     """
-    from binclf.study.execute import lost
+    from binclf.study.execute import PROGRESS, lost, read_progress
     from binclf.study.plan import tasks
 
     ray = _import_ray()
@@ -151,15 +152,22 @@ def run_on_ray(
             fits = ray.cluster_resources().get("GPU" if gpus else "CPU", 1) // (gpus or cpus or 1)
             workers = max(1, int(fits))
         remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=retries)(_in_task)
-        pending = {remote.remote(task, int(cpus)): task for task in tasks(runs, workers, mode)}
+        work = tasks(runs, workers, mode)
+        for task in work:  # an unfinished earlier attempt's steps are not this one's
+            (task[0].directory / PROGRESS).unlink(missing_ok=True)
+        pending = {remote.remote(task, int(cpus)): task for task in work}
         try:
             while pending:
-                [done], _ = ray.wait(list(pending), num_returns=1)
-                task = pending.pop(done)
-                try:
-                    record(ray.get(done))
-                except ray.exceptions.RayError as error:  # lost beyond its retries
-                    record(lost(task, error))
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=progress.seconds_to_next())
+                for done in ready:
+                    task = pending.pop(done)
+                    try:
+                        progress.record(ray.get(done))
+                    except ray.exceptions.RayError as error:  # lost beyond its retries
+                        progress.record(lost(task, error))
+                # Ray does not say which of its tasks run: a stack that has written its steps has begun.
+                begun = [task for task in pending.values() if read_progress(task[0].directory / PROGRESS)]
+                progress.tick(begun, submitted=len(pending) - len(begun))
         except BaseException:  # stopped: no task may go on without the sweep that submitted it
             for ref in pending:
                 ray.cancel(ref, force=True)

@@ -202,18 +202,25 @@ class Progress:
             self.bar.set_postfix(failed=sum(r["status"] != "ok" for r in self.results.values()))
             self.bar.update(len(task_results))
 
-    def seconds_to_next(self) -> float:
-        """How long until the next progress line is due."""
+    def seconds_to_next(self) -> float | None:
+        """How long until the next progress line is due; ``None`` (no line is ever due) at a terminal, where
+        the progress bar shows how far the sweep is."""
+        if self.bar is not None:
+            return None
         return max(0.0, self.next_line - time.monotonic())
 
-    def tick(self, running: list[list[Run]]) -> None:
+    def tick(self, running: list[list[Run]], submitted: int = 0) -> None:
         """Into a file, once every ``every`` seconds, a line on the tasks running now (a terminal has the
-        progress bar): a stack's steps done of its steps due, which it writes into its first run's folder."""
+        progress bar): a stack's steps done of its steps due, which it writes into its first run's folder;
+        and how many more tasks are ``submitted`` to Ray, begun or not, without steps to show."""
         now = time.monotonic()
         if now < self.next_line or self.bar is not None:
             return
         self.next_line = now + self.every
-        parts = [running_part(task) for task in running] or ["waiting for a worker"]
+        parts = [running_part(task) for task in running]
+        if submitted:
+            parts.append(f"{submitted} more tasks submitted to the cluster")
+        parts = parts or ["waiting for a worker"]
         self.say(f"running, {now - self.started:.0f} s in: " + "; ".join(parts))
 
     def close(self) -> None:
@@ -284,7 +291,7 @@ def run_sweep(
         if ray is not None:
             from binclf.study.ray_executor import run_on_ray
 
-            run_on_ray(todo, mode=mode, workers=workers, record=progress.record, **ray)
+            run_on_ray(todo, mode=mode, workers=workers, progress=progress, **ray)
         else:
             _run_here(tasks(todo, workers, mode), workers, progress)
     finally:
