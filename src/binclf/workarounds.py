@@ -61,8 +61,9 @@ def datamodule_state_key(datamodule: Any) -> str:
 
 
 def end_now(code: int) -> NoReturn:
-    """End the process at once, without running anything on the way out: a worker whose sweep has gone has
-    nothing to finish, and its threads, or a half-imported module, must not hold it up (``os._exit``)."""
+    """End the process at once, without running anything on the way out: a worker whose sweep has gone, or
+    the sweep's forkserver as it ends, has nothing to finish, and its threads, a half-imported module or the
+    teardown of torch and Lightning must not hold it up (``os._exit``)."""
     os._exit(code)
 
 

@@ -20,9 +20,8 @@ from binclf.study.plan import RESULT, Run, fresh_run_folder, run_args
 
 STACK_LOG = "stack.log"
 PROGRESS = "progress"  # a stack's steps done and due, "1200 3000", in its first run's folder
-SWEEP_PROCESS = (
-    "BINCLF_SWEEP"  # the environment variable with the process id of the sweep, for its forkserver
-)
+# The environment variable that holds the sweep's process id, for its forkserver to know itself.
+SWEEP_PROCESS = "BINCLF_SWEEP"
 
 
 def read_progress(path: Path) -> tuple[int, int] | None:

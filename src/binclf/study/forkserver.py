@@ -13,6 +13,7 @@ import os
 
 import binclf.cli  # noqa: F401
 from binclf.study.execute import SWEEP_PROCESS
+from binclf.workarounds import end_now
 
 if os.environ.get(SWEEP_PROCESS) == str(os.getppid()):
-    atexit.register(os._exit, 0)  # the server has nothing to finish: its workers end themselves
+    atexit.register(end_now, 0)  # the server has nothing to finish: its workers end themselves

@@ -172,10 +172,10 @@ class StackedBatches:
                 order = sampler.shard() + self.first_rows[k]
                 # A training epoch's batches are its order cut every B rows (EpochBatchSampler.batch_bounds),
                 # the last one short: the order padded to whole batches.
-                batches = len(sampler.batch_bounds(len(order)))
-                padding = batches * self.batch_size - len(order)
-                pending.append(F.pad(order, (0, padding), value=-1).view(batches, self.batch_size))
-                ready += batches
+                count = len(sampler.batch_bounds(len(order)))
+                padding = count * self.batch_size - len(order)
+                pending.append(F.pad(order, (0, padding), value=-1).view(count, self.batch_size))
+                ready += count
                 epoch += 1
             batches = torch.cat(pending)
             yield batches[: self.chunk]
