@@ -34,12 +34,16 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Two test files at a time: most tests wait on processes of their own (a sweep's workers, DDP ranks, a Ray
+# cluster), so a second file runs in that time. A file stays in one process, so its fixtures are made once.
+PYTEST := $(BIN)/pytest --numprocesses 2 --dist loadfile
+
 test: lint
-	$(BIN)/pytest
+	$(PYTEST)
 
 # While developing: the same lint and every test but those marked slow. `make test` (and CI) runs them all.
 test-fast: lint
-	$(BIN)/pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Hostile input: many more generated examples than `make test` tries, chosen afresh; every distinct failure
 # is shown (tests/hostile.py).

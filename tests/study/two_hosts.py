@@ -152,7 +152,14 @@ def main() -> None:
         run(ray, "get-auth-token", "--generate", env=env)
         report["token_file"] = (home / ".ray" / "auth_token").is_file()
         head = [ray, "start", "--head", f"--node-ip-address={HEAD_IP}", f"--port={PORT}", "--num-cpus=0"]
-        run(*hosts.exec(hosts.head, *head, "--include-dashboard=false"), env=env)
+        # The head declares a node dead after three missed health checks half a second apart (Ray's default:
+        # five, three seconds apart), so the lost host's run is retried as soon as the host is gone.
+        health_checks = {
+            "RAY_health_check_period_ms": "500",
+            "RAY_health_check_timeout_ms": "1000",
+            "RAY_health_check_failure_threshold": "3",
+        }
+        run(*hosts.exec(hosts.head, *head, "--include-dashboard=false"), env=env | health_checks)
         node = [ray, "start", f"--address={address}", f"--node-ip-address={NODE_IP}", "--num-cpus=1"]
         run(*hosts.exec(hosts.node, *node), env=env)
         on_ray = ["--executor=ray", f"--ray_address={address}"]
