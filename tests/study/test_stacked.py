@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import sys
 
@@ -69,7 +70,8 @@ def test_each_member_starts_from_its_solo_runs_data_batches_and_weights(in_tmp):
     for member in members:
         member.datamodule.setup("fit")
     stack = StackedClassifier(members, val_every=60, log_every=50, batch_size=64, steps=12)
-    stacked_batches = list(StackedBatches(stack.members, 64, steps=12))
+    # Drawn a chunk of steps at a time: chunks shorter than an epoch (3) and longer (5) cross its ends.
+    chunked = {chunk: list(StackedBatches(stack.members, 64, 12, chunk=chunk)) for chunk in (3, 5, 128)}
     for k, member in enumerate(stack.members):
         [run] = [run for run in runs if run.name == member.name]
         solo = built("fit", run_args(run))  # what `binclf fit` builds for this run, before training
@@ -85,9 +87,9 @@ def test_each_member_starts_from_its_solo_runs_data_batches_and_weights(in_tmp):
             solo_batches += list(loader)
         assert len(loader) in (4, 5)
         assert not torch.equal(solo_batches[0][0], solo_batches[len(loader)][0])  # reshuffled each epoch
-        for step in range(12):
+        for step, chunk in itertools.product(range(12), chunked):
             features, targets = solo_batches[step]
-            stacked_features, stacked_targets, mask = (part[k] for part in stacked_batches[step])
+            stacked_features, stacked_targets, mask = (part[k] for part in chunked[chunk][step])
             rows = int(mask.sum())
             assert rows == len(features)
             assert torch.equal(stacked_features[:rows], features)

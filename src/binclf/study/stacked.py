@@ -164,22 +164,24 @@ class StackedBatches:
     def _member_batches(self, k: int) -> Iterator[Tensor]:
         """Member ``k``'s batches, ``chunk`` at a time: ``[chunk, B]`` row numbers in the stacked rows, with
         ``-1`` where a short last batch of an epoch ends."""
-        sampler, epoch, pending = self.samplers[k], 0, []
-        ready = 0  # batches in ``pending``
+        sampler = self.samplers[k]
+        # A training epoch's batches are its order cut every B rows (EpochBatchSampler.batch_bounds), the
+        # last one short: each epoch's order padded to whole batches. Every epoch has the same length, so
+        # the epochs a chunk needs are drawn, stacked and padded together.
+        per_epoch = len(sampler)
+        padding = per_epoch * self.batch_size - sampler.shard_size
+        epoch, pending = 0, torch.empty(0, self.batch_size, dtype=torch.long)
         while True:
-            while ready < self.chunk:
-                sampler.set_epoch(epoch)
-                order = sampler.shard() + self.first_rows[k]
-                # A training epoch's batches are its order cut every B rows (EpochBatchSampler.batch_bounds),
-                # the last one short: the order padded to whole batches.
-                count = len(sampler.batch_bounds(len(order)))
-                padding = count * self.batch_size - len(order)
-                pending.append(F.pad(order, (0, padding), value=-1).view(count, self.batch_size))
-                ready += count
-                epoch += 1
-            batches = torch.cat(pending)
-            yield batches[: self.chunk]
-            pending, ready = [batches[self.chunk :]], ready - self.chunk
+            while len(pending) < self.chunk:
+                orders = []
+                for _ in range(-(-(self.chunk - len(pending)) // per_epoch)):  # whole epochs, enough
+                    sampler.set_epoch(epoch)
+                    orders.append(sampler.shard())
+                    epoch += 1
+                padded = F.pad(torch.stack(orders) + self.first_rows[k], (0, padding), value=-1)
+                pending = torch.cat([pending, padded.view(-1, self.batch_size)])
+            yield pending[: self.chunk]
+            pending = pending[self.chunk :]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         streams = [self._member_batches(k) for k in range(len(self.members))]
