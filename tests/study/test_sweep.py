@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import DEFAULT_CONFIG, SMALL, heavy_imports, result_of
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from binclf.cli import run_command
 from binclf.command import Terminated
@@ -354,6 +355,13 @@ def test_the_report_tables_the_llr_error_and_efficiency_and_draws_what_has_a_flo
     assert sections[3].splitlines()[2] == "| 1,000 | 0.150 ± 0.050 | 0.150 ± 0.050 | — |"
     assert sections[5].splitlines()[2] == "| 1,000 | — | 2.00 ± 1.00 | — |"
     assert (tmp_path / "llr_efficiency.png").read_bytes().startswith(PNG)
+    # TensorBoard shows the same figures, each as its PNG file, in the sweep's summary run.
+    summary = EventAccumulator(str(tmp_path / "summary"), size_guidance={"images": 0})
+    summary.Reload()
+    assert sorted(summary.Tags()["images"]) == ["sweep/accuracy", "sweep/llr_efficiency"]
+    for name in ("accuracy", "llr_efficiency"):
+        [image] = summary.Images(f"sweep/{name}")
+        assert image.encoded_image_string == (tmp_path / f"{name}.png").read_bytes()
     # The finished cell without a floor is named; the failed one is not a missing floor.
     label = efficiency_figure(rows, "data.scale", "data.num_samples", seeds=2).axes[0].get_xlabel()
     assert label.endswith("no floor, so no point: num_samples=1,000 at scale=0.2")
@@ -723,16 +731,21 @@ def test_a_sweep_into_a_pipe_says_how_far_each_running_stack_is(tmp_path):
     assert "run scale=1,seed=0: ok" in "\n".join(lines)
 
 
-def test_the_sweeps_own_process_writes_its_results_and_report_without_torch_or_lightning():
+def test_the_sweeps_own_process_writes_its_results_and_report_without_torch_or_lightning(tmp_path):
     """results.csv is written through binclf.safe_io, which needs only the standard library, and the report
-    drawn with matplotlib: the sweep's own process loads neither torch nor Lightning (its workers do, to
-    train), whose import and teardown would add seconds to every sweep."""
+    drawn with matplotlib and written to TensorBoard with its own event writer: the sweep's own process loads
+    neither torch nor Lightning (its workers do, to train), whose import and teardown would add seconds to
+    every sweep."""
+    row = {"status": "ok", "seed": 0, "data.scale": 0.5, "data.num_samples": 100, "test/acc": 0.9}
     code = (
-        "import sys, binclf.study.sweep, binclf.safe_io, binclf.study.report; "
+        "import sys, pathlib, binclf.study.sweep, binclf.safe_io, binclf.study.report as report; "
+        f"report.report([{row!r}], pathlib.Path(sys.argv[1]), 'data.scale', 'data.num_samples'); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'torch')))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    command = [sys.executable, "-c", code, str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+    assert list((tmp_path / "summary").glob("events.out.tfevents.*"))  # the report was written
 
 
 def test_only_the_sweeps_forkserver_ends_without_teardown():

@@ -3,8 +3,10 @@ the data of every cell, and tables."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import textwrap
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -302,7 +304,10 @@ def report(
     """Write ``accuracy.png``, ``data_grid.png`` (where runs recorded their training data's histogram),
     ``llr_efficiency.png`` (where runs logged an efficiency and the x setting is a positive number) and
     ``results.md`` into ``sweep_dir``, and the figures to TensorBoard under ``sweep_dir/summary``."""
-    from torch.utils.tensorboard import SummaryWriter
+    # TensorBoard's own event writer, which torch's SummaryWriter wraps: the sweep's process loads no torch.
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     seeds = len({row["seed"] for row in rows})
     figures = {"accuracy": accuracy_figure(rows, x_key, line_key, seeds)}
@@ -311,11 +316,17 @@ def report(
     numeric = all(isinstance(row[x_key], (int, float)) and row[x_key] > 0 for row in rows)
     if numeric and any("test/llr_efficiency" in row for row in rows):
         figures["llr_efficiency"] = efficiency_figure(rows, x_key, line_key, seeds)
-    writer = SummaryWriter(str(sweep_dir / "summary"))
+    writer = EventFileWriter(str(sweep_dir / "summary"))
     for name, figure in figures.items():
-        image = to_image(figure)
-        atomic_write(sweep_dir / f"{name}.png", lambda tmp, pixels=image: imsave(tmp, pixels, format="png"))
-        writer.add_image(f"sweep/{name}", image, dataformats="HWC")
+        pixels = to_image(figure)
+        encoded = io.BytesIO()
+        imsave(encoded, pixels, format="png")
+        png = encoded.getvalue()  # one PNG, for the file and for TensorBoard
+        atomic_write(sweep_dir / f"{name}.png", lambda tmp, png=png: tmp.write_bytes(png))
+        height, width, channels = pixels.shape
+        image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
+        summary = Summary(value=[Summary.Value(tag=f"sweep/{name}", image=image)])
+        writer.add_event(Event(wall_time=time.time(), step=0, summary=summary))
     writer.close()
     tables = results_markdown(rows, x_key, line_key)
     atomic_write(sweep_dir / "results.md", lambda tmp: tmp.write_text(tables))
