@@ -50,7 +50,10 @@ def hyperparameters_of(cli: Any, config: Any) -> None:
     it dumps once and keeps as ``config_dump``; a sweep's stack builds every member with its first run's
     parser, so each member's own config must take that place, or every member's checkpoint would record the
     first run's optimizer."""
-    dumped = cli.parser.dump(config, skip_link_targets=False, skip_none=False, format="yaml")
+    # Validated as it was parsed: the dump need not check it again.
+    dumped = cli.parser.dump(
+        config, skip_link_targets=False, skip_none=False, format="yaml", skip_validation=True
+    )
     cli.config_dump = yaml.safe_load(dumped)  # binclf's parser has no subcommands: one per command
 
 

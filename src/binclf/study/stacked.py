@@ -343,7 +343,8 @@ class StackedClassifier(nn.Module):
         rows = mask.sum(dim=1)
         losses = (sample_losses[..., 0] * mask).sum(dim=1) / rows  # each member's own rows
         finite = torch.isfinite(losses)
-        if not bool(finite.all()):
+        all_finite = bool(finite.all())
+        if not all_finite:
             for k in torch.nonzero(~finite)[:, 0].tolist():
                 member = self.members[k]
                 epoch = batch_idx // member.steps_per_epoch
@@ -358,7 +359,8 @@ class StackedClassifier(nn.Module):
             optimizer.zero_grad()
         # The sum, not the mean: each member's gradient is its own loss's, as in its solo run. A member that
         # diverged contributes nothing more (its own weights are lost already).
-        torch.where(finite, losses, torch.zeros_like(losses)).sum().backward()
+        total = losses.sum() if all_finite else torch.where(finite, losses, 0.0).sum()
+        total.backward()
         for optimizer in optimizers:
             optimizer.step()
 
