@@ -63,6 +63,10 @@ from binclf.runs import checkpoint_filename
 from binclf.safe_io import atomic_write
 
 MONITOR = "loss/val"  # a member's best checkpoint is chosen by it, as binclf fit's by default
+# The TensorBoard points a member's writer holds before the stack waits for it to write them: a whole
+# training curve (a member with one batch per epoch has a point per step), not TensorBoard's default ten,
+# which hands the writer thread every tenth point.
+LOGGED_POINTS = 10_000
 
 
 @dataclass
@@ -494,12 +498,14 @@ def train_stack(
     module = StackedClassifier(members, val_every, log_every, batch_size, steps, progress_file)
     module.to(device_of(accelerator))
     module.fit()
-    for step, losses in module.train_losses:
-        for k, member in enumerate(module.members):
+    # Each member's curves, one member at a time: its writer takes them all into its queue (LOGGED_POINTS),
+    # and writes them out before the next member's begin, so one writer thread works at a time.
+    for k, member in enumerate(module.members):
+        for step, losses in module.train_losses:
             member.logger.log_metrics({"loss/train_step": losses[k]}, step)
-    for member in module.members:  # logged at the epoch's last step, as Lightning logs epoch-end metrics
-        for step, mean in member.epoch_losses:
+        for step, mean in member.epoch_losses:  # at the epoch's last step, as Lightning logs epoch ends
             member.logger.log_metrics({"loss/train_epoch": mean}, step - 1)
+        member.logger.experiment.flush()
     return module
 
 
@@ -590,5 +596,5 @@ def member_of(cli: Any, args: list[str], name: str, save_dir: str) -> Member:
     config = cli.parser.parse_args(args)
     seed_everything(config.seed_everything, verbose=False)
     built = cli.instantiated(config)
-    logger = RunLogger(save_dir, name="", version=name, default_hp_metric=False)
+    logger = RunLogger(save_dir, name="", version=name, default_hp_metric=False, max_queue=LOGGED_POINTS)
     return Member(name, built.data, built.model, logger, hparams_row(config, built.model.hparams))
