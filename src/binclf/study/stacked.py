@@ -499,7 +499,7 @@ def train_stack(
     module.to(device_of(accelerator))
     module.fit()
     # Each member's curves, one member at a time: its writer takes them all into its queue (LOGGED_POINTS),
-    # and writes them out before the next member's begin, so one writer thread works at a time.
+    # and has written them out before the next member's are logged, so one writer thread works at a time.
     for k, member in enumerate(module.members):
         for step, losses in module.train_losses:
             member.logger.log_metrics({"loss/train_step": losses[k]}, step)
