@@ -106,9 +106,10 @@ def limit_seconds(sizes: list[int], steps: int, batch_size: int, hidden: list[in
     return time.perf_counter() - start
 
 
-def _one_core_limit(part: list[int], steps: int) -> float:
-    torch.set_num_threads(1)
-    return limit_seconds(part, steps, 256, [64, 64], 0.01)
+def _limit_on_threads(sizes: list[int], steps: int, threads: int) -> float:
+    """The default study's limit for the members of ``sizes``, on ``threads`` intra-op threads."""
+    torch.set_num_threads(threads)
+    return limit_seconds(sizes, steps, 256, [64, 64], 0.01)
 
 
 def limit_each_way(sizes: list[int], steps: int) -> dict[str, float]:
@@ -116,12 +117,11 @@ def limit_each_way(sizes: list[int], steps: int) -> dict[str, float]:
     single-threaded process per core, each with its share of the members as the study's workers have them
     (its time: the slower one's). The faster of the two is the limit."""
     cores = os.cpu_count() or 1
-    torch.set_num_threads(cores)
-    one_process = limit_seconds(sizes, steps, 256, [64, 64], 0.01)
+    one_process = _limit_on_threads(sizes, steps, cores)
     shares = [sizes[i::cores] for i in range(cores)]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(cores, mp_context=context) as pool:
-        per_core = max(pool.map(_one_core_limit, shares, [steps] * cores))
+        per_core = max(pool.map(_limit_on_threads, shares, [steps] * cores, [1] * cores))
     return {
         f"limit, 1 process x {cores} threads": one_process,
         f"limit, {cores} processes x 1 thread": per_core,
