@@ -85,6 +85,7 @@ class Member:
     best_state: dict[str, Tensor] = field(default_factory=dict)  # the whole module's, as a checkpoint's
     failure: str | None = None
     validations: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # step, logged values
+    train_losses: list[tuple[int, float]] = field(default_factory=list)  # step (0-based), its loss
     epoch_losses: list[tuple[int, float]] = field(default_factory=list)  # last step of an epoch, its mean
 
 
@@ -282,14 +283,10 @@ class StackedClassifier(nn.Module):
             self.members += group
         self.groups = nn.ModuleList(groups)
         self.val_every, self.log_every, self.batch_size, self.steps = val_every, log_every, batch_size, steps
-        self.train_losses: list[tuple[int, list[float]]] = []  # numbers: kept tensors would pin freed memory
-        # Each member's loss summed over its rows, and its rows counted, since its epoch began: its epoch's
-        # mean, as the solo run's ``train_loss`` metric takes it (batch means weighted by batch size).
-        self.register_buffer("epoch_loss_sums", torch.zeros(len(self.members)), persistent=False)
-        self.register_buffer("epoch_rows", torch.zeros(len(self.members)), persistent=False)
-        self.members_by_epoch_length: dict[int, list[int]] = {}
-        for k, member in enumerate(self.members):
-            self.members_by_epoch_length.setdefault(member.steps_per_epoch, []).append(k)
+        # Each member's loss and real rows at every step, written where they are computed: a copy per step,
+        # and its curves are read from them once, when training ends (:meth:`record_curves`).
+        self.register_buffer("step_losses", torch.zeros(steps, len(self.members)), persistent=False)
+        self.register_buffer("step_rows", torch.zeros(steps, len(self.members)), persistent=False)
 
     def member_outputs(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Every member's logits and per-sample losses, ``[K, n, 1]``, of features ``[K, n, d]`` and targets
@@ -331,12 +328,12 @@ class StackedClassifier(nn.Module):
             self.training_step(batch, batch_idx, optimizers)
             step = batch_idx + 1  # optimizer steps taken, as a solo run's global_step now
             self.record_progress(step)
-            self.end_epochs(step)
             for group, scheduler in zip(self.groups, schedulers, strict=True):
                 if scheduler is not None and step % group.steps_per_epoch == 0:
                     scheduler.step()
             if step % self.val_every == 0:
                 self.validate(step, validation_split)
+        self.record_curves()
 
     def training_step(
         self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, optimizers: list[torch.optim.Optimizer]
@@ -355,10 +352,8 @@ class StackedClassifier(nn.Module):
                 member.failure = member.failure or member.model.divergence(
                     "training", losses[k], epoch, batch_idx
                 )
-        if (batch_idx + 1) % self.log_every == 0:
-            self.train_losses.append((batch_idx, losses.detach().tolist()))
-        self.epoch_loss_sums += losses.detach() * rows  # batch mean times rows, as the solo run sums it
-        self.epoch_rows += rows
+        self.step_losses[batch_idx] = losses.detach()
+        self.step_rows[batch_idx] = rows
         for optimizer in optimizers:
             optimizer.zero_grad()
         # The sum, not the mean: each member's gradient is its own loss's, as in its solo run. A member that
@@ -375,23 +370,25 @@ class StackedClassifier(nn.Module):
             with contextlib.suppress(OSError):  # a line the sweep prints, not worth a run
                 atomic_write(self.progress_file, lambda tmp: tmp.write_text(f"{step} {self.steps}\n"))
 
-    def end_epochs(self, step: int) -> None:
-        """Record the training loss's mean over the epoch of each member whose epoch ends at ``step``, and
-        at the last step over every member's epoch so far, as Lightning ends an epoch cut short by
-        ``max_steps``."""
-        if step == self.steps:
-            ended = list(range(len(self.members)))
-        else:  # a check per epoch length, not per member: this runs every step
-            ended = [
-                k for length, ks in self.members_by_epoch_length.items() if step % length == 0 for k in ks
-            ]
-        if not ended:
-            return
-        means = (self.epoch_loss_sums[ended] / self.epoch_rows[ended]).tolist()
-        for k, mean in zip(ended, means, strict=True):
-            self.members[k].epoch_losses.append((step, mean))
-        self.epoch_loss_sums[ended] = 0.0
-        self.epoch_rows[ended] = 0.0
+    def record_curves(self) -> None:
+        """Each member's training curves, from its loss at every step: the loss at every ``log_every``-th
+        step, and each epoch's mean, at the epoch's last step, as the solo run's ``train_loss`` metric takes
+        it (batch means weighted by their rows). An epoch cut short by the stack's last step ends there, as
+        Lightning ends an epoch cut short by ``max_steps``."""
+        losses, rows = self.step_losses.double().cpu(), self.step_rows.double().cpu()
+        logged = list(range(self.log_every - 1, self.steps, self.log_every))
+        by_epoch_length: dict[int, list[int]] = {}
+        for k, member in enumerate(self.members):
+            member.train_losses = list(zip(logged, losses[logged, k].tolist(), strict=True))
+            by_epoch_length.setdefault(member.steps_per_epoch, []).append(k)
+        for length, ks in by_epoch_length.items():
+            epochs = -(-self.steps // length)
+            cut = (0, 0, 0, epochs * length - self.steps)  # the last epoch padded with steps of no rows
+            sums = F.pad(losses[:, ks] * rows[:, ks], cut).view(epochs, length, len(ks)).sum(dim=1)
+            counts = F.pad(rows[:, ks], cut).view(epochs, length, len(ks)).sum(dim=1)
+            ends = [min(step, self.steps) for step in range(length, epochs * length + 1, length)]
+            for k, means in zip(ks, (sums / counts).T.tolist(), strict=True):
+                self.members[k].epoch_losses = list(zip(ends, means, strict=True))
 
     @torch.no_grad()
     def validate(self, step: int, split: tuple[Tensor, Tensor, Tensor]) -> None:
@@ -500,9 +497,9 @@ def train_stack(
     module.fit()
     # Each member's curves, one member at a time: its writer takes them all into its queue (LOGGED_POINTS),
     # and has written them out before the next member's are logged, so one writer thread works at a time.
-    for k, member in enumerate(module.members):
-        for step, losses in module.train_losses:
-            member.logger.log_metrics({"loss/train_step": losses[k]}, step)
+    for member in module.members:
+        for step, loss in member.train_losses:
+            member.logger.log_metrics({"loss/train_step": loss}, step)
         for step, mean in member.epoch_losses:  # at the epoch's last step, as Lightning logs epoch ends
             member.logger.log_metrics({"loss/train_epoch": mean}, step - 1)
         member.logger.experiment.flush()
