@@ -43,6 +43,21 @@ def test_a_module_built_from_another_config_records_that_configs_settings(monkey
     assert cli.instantiated(cli.config).model.hparams["optimizer"]["init_args"]["lr"] == 0.05
 
 
+def test_the_settings_a_module_records_are_those_lightning_cli_would_dump(monkeypatch):
+    """``hyperparameters_of`` dumps the config as JSON where LightningCLI dumps it as YAML and reads it back:
+    the module must record the same plain data either way (numbers, lists, nulls, class paths)."""
+    monkeypatch.setattr(sys, "argv", ["binclf"])
+    args = ["-c", str(DEFAULT_CONFIG), "--model.optimizer=Adam", "--model.optimizer.betas=[0.8, 0.99]"]
+    args += ["--model.optimizer.eps=1e-12", "--trainer.max_steps=7", "--data.scale=0.25"]
+    cli = BinclfCLI("fit", args)
+    cli.instantiated(cli.config)
+    recorded = cli.config_dump  # as binclf built the module
+    del cli.config_dump
+    cli._dump_config()  # LightningCLI's own, through YAML
+    assert recorded == cli.config_dump
+    assert recorded["model"]["optimizer"]["init_args"]["betas"] == [0.8, 0.99]
+
+
 @pytest.mark.slow
 def test_the_quick_exit_still_joins_threads_and_runs_atexit_handlers(tmp_path):
     script = textwrap.dedent(

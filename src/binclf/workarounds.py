@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import sys
 import threading
 from typing import Any, NoReturn
 
-import yaml
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.profilers import PassThroughProfiler
 from torch import Tensor
@@ -49,12 +49,16 @@ def hyperparameters_of(cli: Any, config: Any) -> None:
     (behaviour, not speed). LightningCLI hands the module the settings of the config it parsed itself, which
     it dumps once and keeps as ``config_dump``; a sweep's stack builds every member with its first run's
     parser, so each member's own config must take that place, or every member's checkpoint would record the
-    first run's optimizer."""
+    first run's optimizer.
+
+    LightningCLI makes it by dumping to YAML and reading that back with PyYAML's pure-Python loader; the
+    same plain data dumped as JSON reads back equal, in a fraction of the time, once per member of a stack
+    and once per command."""
     # Validated as it was parsed: the dump need not check it again.
     dumped = cli.parser.dump(
-        config, skip_link_targets=False, skip_none=False, format="yaml", skip_validation=True
+        config, skip_link_targets=False, skip_none=False, format="json", skip_validation=True
     )
-    cli.config_dump = yaml.safe_load(dumped)  # binclf's parser has no subcommands: one per command
+    cli.config_dump = json.loads(dumped)  # binclf's parser has no subcommands: one per command
 
 
 def datamodule_state_key(datamodule: Any) -> str:
