@@ -96,6 +96,33 @@ def test_each_member_starts_from_its_solo_runs_data_batches_and_weights(in_tmp):
             assert torch.equal(stacked_targets[:rows], targets)
 
 
+def test_a_member_whose_epoch_is_one_batch_takes_every_row_at_every_step(in_tmp):
+    """An epoch of one batch holds every training row; the solo run shuffles them each epoch, the stack takes
+    them as they lie: the same rows, in another order, at every step."""
+    one_batch = [*EXTRA, "--data.batch_size=512"]
+    runs = plan(str(DEFAULT_CONFIG), json.loads(GRID), [0], one_batch, in_tmp, None, 6)
+    cli = BinclfCLI("fit", run_args(runs[0]))
+    members = [member_of(cli, run_args(run), run.name, str(in_tmp)) for run in runs]
+    for member in members:
+        member.datamodule.setup("fit")
+    batches = list(StackedBatches(members, 512, 6, chunk=4))
+    for k, (run, member) in enumerate(zip(runs, members, strict=True)):
+        solo = built("fit", run_args(run))
+        solo.datamodule.setup("fit")
+        loader = solo.datamodule.train_dataloader()
+        assert len(loader) == 1
+        for step in range(6):
+            loader.order.set_epoch(step)
+            [(features, targets)] = list(loader)
+            stacked_features, stacked_targets, mask = (part[k] for part in batches[step])
+            rows = int(mask.sum())
+            assert rows == len(features) == len(member.datamodule.train_set.features)
+            assert not torch.equal(stacked_features[:rows], features)  # shuffled solo, not stacked
+            solo_order, stacked_order = features[:, 0].argsort(), stacked_features[:rows, 0].argsort()
+            assert torch.equal(stacked_features[:rows][stacked_order], features[solo_order])
+            assert torch.equal(stacked_targets[:rows][stacked_order], targets[solo_order])
+
+
 def test_stacked_and_solo_studies_agree_run_by_run(studies):
     root, rows = studies
     stacked, solo = rows["stacked"], rows["solo"]

@@ -2,7 +2,8 @@
 within 1e-6, and the same test metrics to 4 decimals.
 
 Each kind trains a stack of two members whose training sets differ in size, so their epochs end at different
-steps, with short last batches; the solo runs are ``binclf fit`` and a test of its best checkpoint."""
+steps, with short last batches (or, with epochs of one batch, each member's whole set at every step); the
+solo runs are ``binclf fit`` and a test of its best checkpoint."""
 
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ KINDS = {
     ],
     # Nothing is learnt, so every validation ties: the first one stays the best, as ModelCheckpoint keeps it.
     "tied validation losses": ["--model.optimizer.lr=0"],
+    # Every epoch one batch of all 200 or 300 rows, which the solo run shuffles and the stack does not.
+    "epochs of one batch": ["--data.batch_size=512"],
 }
 
 
@@ -93,7 +96,7 @@ def stacked(runs, root, model_class=None):
         steps=STEPS,
         val_every=trainer.val_check_interval,
         log_every=trainer.log_every_n_steps,
-        batch_size=64,
+        batch_size=members[0].datamodule.batch_size,
     )
     outcomes = {}
     for member in members:

@@ -16,7 +16,9 @@ to ``module.py`` reaches the stack as it reaches ``binclf fit``. What the stack 
 keeps each member as its solo run would be:
 
 - its data: the same draws, splits and per-epoch shuffles, from its own data module. Each member steps
-  through its own epochs; a last batch that is short is padded, and the padding masked out of the loss;
+  through its own epochs; a last batch that is short is padded, and the padding masked out of the loss.
+  An epoch of one batch is all of the member's rows, taken in the order they lie: its shuffle would change
+  only the order in which the batch's mean loss adds them up;
 - its initial weights: its network is built by the CLI right after seeding with its seed;
 - its loss: the mean over its own rows. The stack's loss is the *sum* of the members' losses, so each
   member's gradient is that of its own loss alone, and an element-wise optimizer (SGD with or without
@@ -133,7 +135,7 @@ def forward_problem(network: nn.Module, features: Tensor) -> str | None:
 class StackedBatches:
     """Each optimizer step's batches of all members, ``(features [K, B, d], targets [K, B, 1], mask [K, B])``:
     member ``k``'s rows are the batch its solo run would take at that step (its own epochs, its own
-    per-epoch shuffle), padded to the batch size; the mask marks real rows.
+    per-epoch shuffle; an epoch of one batch unshuffled), padded to the batch size; the mask marks real rows.
 
     Every member's training rows lie one after another in one tensor, as the network sees them (a data
     module's transform acts on each row alone, as it does on a whole split for validation). A step's
@@ -175,6 +177,13 @@ class StackedBatches:
         # the epochs a chunk needs are drawn, stacked and padded together.
         per_epoch = len(sampler)
         padding = per_epoch * self.batch_size - sampler.shard_size
+        if per_epoch == 1:
+            # An epoch of one batch is every row, at every step. Its shuffle changes only the order in which
+            # the batch's mean loss adds up its rows, so the rows are taken as they lie, with no order drawn.
+            every_row = torch.arange(sampler.shard_size) + self.first_rows[k]
+            steps = F.pad(every_row, (0, padding), value=-1).expand(self.chunk, -1)
+            while True:
+                yield steps
         epoch, pending = 0, torch.empty(0, self.batch_size, dtype=torch.long)
         while True:
             while len(pending) < self.chunk:
