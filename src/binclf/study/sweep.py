@@ -19,12 +19,14 @@ import contextlib
 import csv
 import errno
 import fcntl
+import importlib
 import math
 import multiprocessing
 import os
 import signal
 import stat
 import sys
+import threading
 import time
 from argparse import ArgumentError
 from collections import Counter
@@ -83,9 +85,17 @@ class StopOnce:
 
 def check_arguments(run: Run) -> None:
     """Parse one run's ``binclf fit`` arguments as ``binclf`` would, in a worker process (the sweep itself
-    never loads Lightning): a grid key or an argument that no ``fit`` accepts is refused before any run."""
-    with _worker_pool(1) as pool:
-        refusal = pool.submit(fit_refusal, run.args).result()
+    never loads Lightning): a grid key or an argument that no ``fit`` accepts is refused before any run.
+
+    The first worker waits for Lightning's import, seconds on one core; meanwhile this process imports the
+    report's plotting on another, rather than after the last run, when every run waits for it."""
+    plotting = threading.Thread(target=importlib.import_module, args=("binclf.study.report",))
+    plotting.start()
+    try:
+        with _worker_pool(1) as pool:
+            refusal = pool.submit(fit_refusal, run.args).result()
+    finally:
+        plotting.join()
     if refusal is not None:
         raise ValueError(f"binclf fit refuses the runs' arguments: {refusal}")
 
@@ -461,7 +471,7 @@ def _sweep(config: Any, runs: list[Run], sweep_dir: Path, x_key: str, line_key: 
     try:
         results = run_sweep(runs, workers, config.mode, ray, config.progress_every)
         rows = write_results(runs, sweep_dir / "results.csv", results)
-        from binclf.study.report import report  # matplotlib only once the runs are done
+        from binclf.study.report import report  # imported as the arguments were checked, if they were
 
         report(rows, sweep_dir, x_key, line_key)
     except ValueError as error:  # the Ray cluster: not installed, not reachable, no shared storage
