@@ -181,9 +181,9 @@ class StackedBatches:
             # An epoch of one batch is every row, at every step. Its shuffle changes only the order in which
             # the batch's mean loss adds up its rows, so the rows are taken as they lie, with no order drawn.
             every_row = torch.arange(sampler.shard_size) + self.first_rows[k]
-            steps = F.pad(every_row, (0, padding), value=-1).expand(self.chunk, -1)
+            same_rows = F.pad(every_row, (0, padding), value=-1).expand(self.chunk, -1)
             while True:
-                yield steps
+                yield same_rows
         epoch, pending = 0, torch.empty(0, self.batch_size, dtype=torch.long)
         while True:
             while len(pending) < self.chunk:
